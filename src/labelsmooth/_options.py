@@ -101,6 +101,8 @@ def class_dim(dim: object, ndim: int) -> int:
         raise TypeError(f"dim must be an int, got {type(dim).__name__} {dim!r}")
     if ndim == 0:
         raise ValueError("input must have at least 1 dimension (the classes), got a 0-d tensor")
+    if ndim == 1 and dim == 1:  # torch: the default dim=1 means the only dim of an unbatched (C,)
+        return 0
     if not -ndim <= dim < ndim:
         raise ValueError(f"dim={dim} is out of range for an input with {ndim} dimensions; "
                          f"allowed: {-ndim} .. {ndim - 1}")

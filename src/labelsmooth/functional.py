@@ -116,6 +116,9 @@ def prepare(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | No
                     weight_mode=weight_mode, z_loss=z_loss, inplace_backward=inplace_backward)
     weight = check_weight(weight, num_classes, input)
     flat_input, flat_target, out_shape = _flatten(input, target, d, ignore_index, validate)
+    if flat_target.is_floating_point() and ignore_index != -100:
+        raise ValueError(f"ignore_index={ignore_index} applies to class-index targets only; "
+                         f"allowed with probability targets: the default -100 (as torch)")
     if flat_target.is_floating_point() and weight is not None and weight_mode == "sample":
         raise ValueError("weight_mode='sample' needs class-index targets (w[y] is undefined for "
                          "probability targets); allowed with probabilities: weight_mode='class'")

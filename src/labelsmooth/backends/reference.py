@@ -37,7 +37,8 @@ def element_weights(
     return torch.where(kept, weight.to(dtype)[safe], torch.zeros((), dtype=dtype, device=target.device))
 
 
-def dense_target(target: torch.Tensor, num_classes: int, opts: LossOptions, dtype: torch.dtype) -> torch.Tensor:
+def dense_target(target: torch.Tensor, num_classes: int, opts: LossOptions,
+                 dtype: torch.dtype) -> torch.Tensor:
     """The smoothed target distribution q (N x K); rows of ignored targets are all zero."""
     eps = opts.smoothing
     if target.is_floating_point():
