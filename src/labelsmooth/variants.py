@@ -608,8 +608,9 @@ class OnlineLabelSmoothing(_VariantLoss):
       ``self.training`` (``module.eval()`` stops that); :meth:`on_epoch_end` swaps in the new ``S``
       and starts a new accumulation. A class with no correctly classified element in the epoch keeps
       its previous row. ``S``, the running sums, the counts and the number of completed epochs are
-      buffers: saved in ``state_dict``, moved by ``.to()``. Accumulation runs under ``no_grad`` and
-      costs no host sync.
+      buffers: saved in ``state_dict``, moved by ``.to()``. They are float64 by default (``dtype``;
+      a ``C x C`` matrix is small, and sums over a whole epoch stay exact; pass ``torch.float32``
+      on devices without float64). Accumulation runs under ``no_grad`` and costs no host sync.
     * The loss is :func:`labelsmooth.cross_entropy` with the probability target ``q``. Class-index
       targets only; ``ignore_index`` elements are neither trained on nor counted.
     """
@@ -621,7 +622,7 @@ class OnlineLabelSmoothing(_VariantLoss):
 
     def __init__(self, num_classes: int, *, alpha: float = 0.5, label_smoothing: float = 0.1,
                  ignore_index: int = -100, reduction: str = "mean", dim: int = 1,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float64) -> None:
         super().__init__(ignore_index=ignore_index, reduction=reduction, dim=dim)
         self.num_classes = _check_num_classes(num_classes)
         self.alpha = check_half_open_unit("alpha", alpha)
