@@ -452,6 +452,28 @@ def test_online_two_epochs_exact_matrix():
     torch.testing.assert_close(m.soft_targets.sum(-1), torch.ones(3, dtype=F64))
 
 
+def test_online_alpha_one_is_cross_entropy_after_first_epoch():
+    gen = torch.Generator().manual_seed(4)
+    m = V.OnlineLabelSmoothing(5, alpha=1.0, label_smoothing=0.2)
+    z = torch.randn(7, 5, generator=gen, dtype=F64)
+    y = torch.randint(0, 5, (7,), generator=gen)
+    first = m(z, y)
+    assert first.item() == pytest.approx(o_ce(z, o_q(y, 5, 0.2)).mean().item(), rel=1e-14)
+    m.on_epoch_end()
+    got, got_grad = value_and_grad(lambda t: m(t, y), z)
+    want, want_grad = value_and_grad(lambda t: o_ce(t, o_q(y, 5, 0.0)).mean(), z)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_prior_module_checks_once_and_survives_dtype_change():
+    m = V.PriorSmoothingLoss([0.1, 0.2, 0.3, 0.4], label_smoothing=0.2)
+    z, y = fixed()
+    want = m(z, y)
+    m.half()  # the float16 prior no longer sums to 1 within 1e-5; it is not re-checked per call
+    torch.testing.assert_close(m(z, y), want, rtol=1e-3, atol=0)
+
+
 def test_online_state_dict_round_trip():
     gen = torch.Generator().manual_seed(0)
     a = V.OnlineLabelSmoothing(4, alpha=0.4, label_smoothing=0.1)
@@ -613,7 +635,9 @@ BAD = [
     (lambda: V.poly1_loss(Z2, Y2, reduction="avg"), ValueError, r"reduction='avg'"),
     (lambda: V.FocalLoss(reduction="avg"), ValueError, r"reduction='avg'"),
     (lambda: V.focal_loss(Z2, torch.tensor([0, 3])), IndexError, r"class id 3"),
-    (lambda: V.OnlineLabelSmoothing(3, alpha=1.0), ValueError, r"alpha=1\.0"),
+    (lambda: V.OnlineLabelSmoothing(3, alpha=1.5), ValueError, r"alpha=1\.5 .*\[0, 1\]"),
+    (lambda: V.OnlineLabelSmoothing(3, alpha=-0.5), ValueError, r"alpha=-0\.5"),
+    (lambda: V.PriorSmoothingLoss([0.5, 0.5])(Z2, Y2), ValueError, r"prior's 2"),
     (lambda: V.OnlineLabelSmoothing(0), ValueError, r"num_classes=0"),
     (lambda: V.OnlineLabelSmoothing(3, label_smoothing=-0.1), ValueError, r"label_smoothing"),
     (lambda: V.mix_targets(Y2, Y2, 1.2, 3), ValueError, r"lam=1\.2"),

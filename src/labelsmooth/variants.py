@@ -73,7 +73,7 @@ def _real(name: str, value: object, allowed: str) -> float:
 
 
 def check_half_open_unit(name: str, value: object) -> float:
-    """A float in ``[0, 1)`` (label relaxation's alpha, online smoothing's alpha)."""
+    """A float in ``[0, 1)`` (label relaxation's alpha)."""
     value = _real(name, value, "a float in [0, 1)")
     if math.isnan(value) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name}={value!r} is out of range; allowed: a float in [0, 1)")
@@ -406,12 +406,17 @@ def prior_smoothing(
     smoothing.
     ``pi`` must be a distribution over the C classes (1-D, length C, finite, >= 0, summing to 1
     within 1e-5), e.g. :func:`class_frequencies` of the training labels; a uniform ``pi`` is
-    :func:`labelsmooth.cross_entropy` with the same ``label_smoothing``.
+    :func:`labelsmooth.cross_entropy` with the same ``label_smoothing``. This function checks
+    ``prior`` on every call (a host sync on GPU); :class:`PriorSmoothingLoss` checks it once.
     """
     flat = _flatten(input, target, ignore_index=ignore_index, reduction=reduction,
                     label_smoothing=label_smoothing, dim=dim, name="prior_smoothing")
-    pi = check_prior(prior, flat.z.shape[-1]).to(flat.z.device)
-    q = _smoothed_target(flat, label_smoothing, pi)
+    return _prior_smoothing(flat, check_prior(prior, flat.z.shape[-1]), label_smoothing)
+
+
+def _prior_smoothing(flat: _Flat, prior: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """:func:`prior_smoothing` with an already checked ``prior``."""
+    q = _smoothed_target(flat, label_smoothing, prior.to(flat.z.device))
     return _finish(F.cross_entropy(flat.z, q, reduction="none"), flat)
 
 
@@ -564,7 +569,8 @@ class PolyLoss(_VariantLoss):
 
 
 class PriorSmoothingLoss(_VariantLoss):
-    """Module form of :func:`prior_smoothing`; ``prior`` is a float64 buffer (in ``state_dict``)."""
+    """Module form of :func:`prior_smoothing`; ``prior`` is checked once and kept as a float64
+    buffer (in ``state_dict``)."""
 
     prior: torch.Tensor
 
@@ -579,8 +585,13 @@ class PriorSmoothingLoss(_VariantLoss):
         self.label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return prior_smoothing(input, target, self.prior, label_smoothing=self.label_smoothing,
-                               **self._common())
+        flat = _flatten(input, target, ignore_index=self.ignore_index, reduction=self.reduction,
+                        label_smoothing=self.label_smoothing, dim=self.dim,
+                        name="PriorSmoothingLoss")
+        if flat.z.shape[-1] != self.prior.numel():
+            raise ValueError(f"input has {flat.z.shape[-1]} classes; allowed: the prior's "
+                             f"{self.prior.numel()}")
+        return _prior_smoothing(flat, self.prior, self.label_smoothing)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.prior.numel()}, label_smoothing={self.label_smoothing}"
@@ -599,8 +610,9 @@ class OnlineLabelSmoothing(_VariantLoss):
         S^{(t)}_c = \frac{1}{|A_c|}\sum_{i \in A_c} \operatorname{softmax}(z_i)
 
     where ``A_c`` are the training elements of epoch ``t`` with target ``c`` that the model
-    classified correctly (``argmax_k z_k = c``, first maximum on ties). ``alpha`` weighs the hard
-    target (paper default 0.5).
+    classified correctly (``argmax_k z_k = c``, first maximum on ties). ``alpha`` in ``[0, 1]``
+    weighs the hard target (paper default 0.5; ``alpha = 1`` is plain cross-entropy after the first
+    epoch).
 
     * **First epoch** (no completed epoch yet): plain uniform label smoothing,
       ``q = (1-eps) onehot(y) + eps/C`` with ``eps = label_smoothing``. ``S^(0)`` is that matrix.
@@ -625,7 +637,7 @@ class OnlineLabelSmoothing(_VariantLoss):
                  dtype: torch.dtype = torch.float64) -> None:
         super().__init__(ignore_index=ignore_index, reduction=reduction, dim=dim)
         self.num_classes = _check_num_classes(num_classes)
-        self.alpha = check_half_open_unit("alpha", alpha)
+        self.alpha = check_unit_interval("alpha", alpha)
         self.label_smoothing = check_unit_interval("label_smoothing", label_smoothing)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype={dtype!r} is not allowed; allowed: a floating-point "
