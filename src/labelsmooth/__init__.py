@@ -23,9 +23,10 @@ __all__ = [
     "cross_entropy",
     "smooth_targets",
     "use_backend",
+    "variants",
 ]
 
-_LAZY_MODULES = ("compat",)
+_LAZY_MODULES = ("compat", "variants")
 
 
 def __getattr__(name: str) -> Any:
