@@ -8,6 +8,7 @@ written; outputs go to a temporary directory beside ``--out`` that is renamed in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -118,6 +119,10 @@ def _prepare_out(out: str) -> tuple[str, str, list[str]]:
     while not os.path.exists(probe):
         created.append(probe)
         probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"--out {out!r} is not writable: {probe!r} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out!r} is not writable: no write permission in {probe!r}")
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.tmp-", dir=parent)
@@ -129,10 +134,8 @@ def _prepare_out(out: str) -> tuple[str, str, list[str]]:
 
 def _remove_empty(dirs: list[str]) -> None:
     for d in dirs:  # deepest first
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(d)
-        except OSError:
-            pass
 
 
 def _resolve_data(args: argparse.Namespace) -> Any:
@@ -273,7 +276,7 @@ def _experiment(args: argparse.Namespace, dataset: Any, plan: list[tuple[str, st
     sizes = splits[0].sizes()
     settings = {
         "dataset": dataset.name, "num_classes": dataset.num_classes,
-        "class_names": dataset.class_names, "num_samples": int(len(dataset.y)),
+        "class_names": dataset.class_names, "num_samples": len(dataset.y),
         "num_features": int(dataset.X.shape[1]), "split": sizes, "model": args.model,
         "losses": [p[1] for p in plan], "runs": [p[0] for p in plan],
         "smoothing": sorted({p[2] for p in plan if p[2] is not None}), "seeds": seeds,

@@ -200,10 +200,9 @@ def check_dataset(data: Dataset) -> Dataset:
         raise ValueError(f"{where} has {int(bad.sum())} {kind}/non-finite feature value(s), first in "
                          f"column {col!r} of sample {r}; remove or impute them")
     classes, y = np.unique(y_raw, return_inverse=True)
-    if data.class_names:  # built-in data: labels are already 0..K-1 indices into the names
-        names = [data.class_names[int(c)] for c in classes]
-    else:
-        names = [str(c) for c in classes]
+    # built-in data: labels are already 0..K-1 indices into the names
+    names = ([data.class_names[int(c)] for c in classes] if data.class_names
+             else [str(c) for c in classes])
     k = len(classes)
     if k < 2:
         raise ValueError(f"{where} has a single class ({names[0]!r}); comparing classifiers needs "
