@@ -131,5 +131,5 @@ def test_temperature_of_calibrated_logits_is_one() -> None:
     lambda: metrics.logit_gap(torch.zeros(4, 1)),
 ])
 def test_bad_arguments_raise_value_error(call) -> None:
-    with pytest.raises(ValueError, match="must be|n_bins|empty"):
+    with pytest.raises(ValueError, match=r"must be|n_bins|empty"):
         call()

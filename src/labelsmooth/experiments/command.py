@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     exp.add_argument("--epochs", type=int, default=None,
                      help=f"training epochs (default {FULL['epochs']}; --quick: {QUICK['epochs']})")
     exp.add_argument("--model", default="mlp", help="mlp (default: 2 hidden ReLU layers) or linear")
-    exp.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default 128)")
+    exp.add_argument("--batch-size", type=int, default=None,
+                     help="mini-batch size (default: min(128, max(16, train size // 8)), so small "
+                          "data sets still get about 8 steps per epoch)")
     exp.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
     exp.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     exp.add_argument("--threads", type=int, default=None,
@@ -162,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     preset = QUICK if args.quick else FULL
     seeds = _positive_int("--seeds", args.seeds if args.seeds is not None else preset["seeds"])
     epochs = _positive_int("--epochs", args.epochs if args.epochs is not None else preset["epochs"])
-    batch_size = _positive_int("--batch-size", args.batch_size)
+    if args.batch_size is not None:
+        _positive_int("--batch-size", args.batch_size)
     if not args.lr > 0:
         raise ValueError(f"--lr {args.lr} is not allowed; allowed: a float > 0")
     if args.model not in MODELS:
@@ -186,8 +189,7 @@ def run(args: argparse.Namespace) -> int:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        _experiment(args, dataset, plan, seeds, epochs, batch_size, device, threads, tmp,
-                    wall_start, final)
+        _experiment(args, dataset, plan, seeds, epochs, device, threads, tmp, wall_start, final)
         if os.path.isdir(final):
             os.rmdir(final)  # checked empty above
         os.rename(tmp, final)
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace, dataset: Any, plan: list[tuple[str, str, float | None]],
-                seeds: int, epochs: int, batch_size: int, device: str, threads: int, tmp: str,
+                seeds: int, epochs: int, device: str, threads: int, tmp: str,
                 wall_start: float, final: str) -> None:
     import torch
     from tqdm import tqdm
@@ -217,8 +219,10 @@ def _experiment(args: argparse.Namespace, dataset: Any, plan: list[tuple[str, st
     from .models import build_model
     from .train import TrainConfig, penultimate, predict, train
 
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=args.lr, device=device)
     splits = [split(dataset, seed) for seed in range(seeds)]
+    n_train = len(splits[0].y_train)
+    batch_size = args.batch_size or min(128, max(16, n_train // 8))
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=args.lr, device=device)
     results: list[report.RunResult] = []
     artifacts: list[figures.RunArtifacts] = []
     for name, loss_name, eps in plan:
