@@ -326,5 +326,6 @@ def test_summary_sentences_follow_the_numbers() -> None:
     assert "ls(0.1) raised test accuracy by 1.3 points and is under-confident" in text[1]
     assert "the smoothed loss is minimised at 4.51" in text[2]
     assert "lowest NLL is ce's (0.150)" in text[3] and "lowest NLL is ls(0.1)'s (0.100)" in text[3]
+    assert text[3].endswith("ECE after scaling: ce 1.0%, ls(0.1) 0.8%.")
     table = report.text_table([ce, ls], pm="+-")
     assert "97.3 +- 0.1" in table and "-12.0 +- 0.1" in table

@@ -140,14 +140,14 @@ def summary(runs: list[RunResult], num_classes: int) -> list[str]:
     if len(runs) > 1:
         before = min(runs, key=lambda r: r.mean("nll"))
         after = min(runs, key=lambda r: r.mean("nll_ts"))
-        ece_after = min(runs, key=lambda r: r.mean("ece_ts"))
+        ece_after = ", ".join(f"{r.name} {r.mean('ece_ts') * 100:.1f}%" for r in runs)
         temps = ", ".join(f"{r.name} T={r.mean('temperature'):.2f}" for r in runs)
         same = "also " if after is before else ""
         out.append(f"Before temperature scaling the lowest NLL is {before.name}'s "
                    f"({before.mean('nll'):.3f}); after it (T fitted on the validation split: {temps}; "
                    f"T > 1 softens an over-confident model, T < 1 sharpens an under-confident one) "
-                   f"the lowest NLL is {same}{after.name}'s ({after.mean('nll_ts'):.3f}) and the "
-                   f"lowest ECE {ece_after.name}'s ({ece_after.mean('ece_ts') * 100:.1f}%).")
+                   f"the lowest NLL is {same}{after.name}'s ({after.mean('nll_ts'):.3f}); ECE after "
+                   f"scaling: {ece_after}.")
     return out
 
 
