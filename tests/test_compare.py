@@ -127,6 +127,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         f"{i},{'ab'[i % 2]},{'nan' if i == 3 else i}\n" for i in range(12)))
     np.savez(tmp / "no_y.npz", X=X)
     np.savez(tmp / "nan.npz", X=np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y=y)
+    np.savez(tmp / "nan_y.npz", X=X, y=np.where(np.arange(len(y)) == 4, np.nan, y))
     (tmp / "a_file").write_text("x")
     (tmp / "full").mkdir()
     (tmp / "full" / "keep.txt").write_text("x")
@@ -141,6 +142,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "nan features csv": (["--data", f"{d}/nan.csv", "--target", "species"], "NaN"),
         "nan features npz": (["--data", f"{d}/nan.npz"], "NaN"),
         "npz without y": (["--data", f"{d}/no_y.npz"], "no array 'y'"),
+        "nan labels npz": (["--data", f"{d}/nan_y.npz"], "NaN/infinite label"),
         "too few samples": (["--data", f"{d}/tiny.csv", "--target", "species"], "fewer than 3 x 3"),
         "class too rare": (["--data", f"{d}/rare.csv", "--target", "species"], "only 2 sample"),
         "unwritable out": (["--quick", "--out", f"{d}/a_file/out"], "not writable"),
@@ -159,7 +161,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
 
 BAD_NAMES = [
     "missing file", "no target column", "no default target column", "non-numeric features",
-    "single class", "nan features csv", "nan features npz", "npz without y", "too few samples",
+    "single class", "nan features csv", "nan features npz", "npz without y", "nan labels npz",
+    "too few samples",
     "class too rare", "unwritable out", "out not empty", "unknown loss", "bad smoothing",
     "bad smoothing text", "bad seeds", "bad model", "bad device", "bad dataset", "data and dataset",
     "a directory as data",
@@ -251,7 +254,7 @@ def test_projection_on_constructed_example() -> None:
 
 
 def test_loss_registry_hooks_and_label_argument() -> None:
-    calls: dict[str, list] = {"epochs": [], "index": []}
+    calls: dict[str, list] = {"epochs": [], "index": [], "begin": []}
 
     class Recording:
         needs_index = True
@@ -262,6 +265,9 @@ def test_loss_registry_hooks_and_label_argument() -> None:
         def __call__(self, logits, target, *, index):
             calls["index"].append(index.clone())
             return torch.nn.functional.cross_entropy(logits, target)
+
+        def on_train_begin(self, targets) -> None:
+            calls["begin"].append(targets.clone())
 
         def on_epoch_end(self) -> None:
             calls["epochs"].append(len(calls["index"]))
@@ -276,6 +282,7 @@ def test_loss_registry_hooks_and_label_argument() -> None:
         train(model, loss, X, y, TrainConfig(epochs=3, batch_size=4), seed=0)
     finally:
         LOSSES.pop("recording")
+    assert len(calls["begin"]) == 1 and calls["begin"][0].tolist() == y.tolist()
     assert calls["epochs"] == [3, 6, 9]  # 3 batches per epoch, hook after each epoch
     for e in range(3):
         seen = torch.cat(calls["index"][3 * e:3 * e + 3])

@@ -199,6 +199,12 @@ def check_dataset(data: Dataset) -> Dataset:
         kind = "NaN" if np.isnan(X[r, c]) else "infinite"
         raise ValueError(f"{where} has {int(bad.sum())} {kind}/non-finite feature value(s), first in "
                          f"column {col!r} of sample {r}; remove or impute them")
+    if y_raw.ndim != 1 or y_raw.shape[0] != X.shape[0]:
+        raise ValueError(f"{where}: labels must be 1-D with one per sample ({X.shape[0]}), got shape "
+                         f"{y_raw.shape}")
+    if y_raw.dtype.kind == "f" and not np.isfinite(y_raw).all():
+        raise ValueError(f"{where} has {int((~np.isfinite(y_raw)).sum())} NaN/infinite label(s), first "
+                         f"at sample {int(np.argmin(np.isfinite(y_raw)))}; every sample needs a class")
     classes, y = np.unique(y_raw, return_inverse=True)
     # built-in data: labels are already 0..K-1 indices into the names
     names = ([data.class_names[int(c)] for c in classes] if data.class_names

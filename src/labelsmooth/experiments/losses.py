@@ -3,6 +3,8 @@
 ``LOSSES`` maps a name to a factory ``factory(smoothing, num_classes) -> loss``. A loss is a callable
 ``loss(logits, target) -> scalar tensor`` (mean over the batch). It may also define
 
+* ``on_train_begin(targets) -> None``: called once with the training labels ``(N,)`` (on the training
+  device) before the first epoch (data-dependent state, e.g. a class prior);
 * ``on_epoch_end() -> None``: called by the training loop after every epoch (per-epoch state, e.g.
   online label smoothing's class-wise soft targets);
 * ``needs_index = True``: then it is called as ``loss(logits, target, index=index)`` with the rows'

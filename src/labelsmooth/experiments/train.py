@@ -1,7 +1,8 @@
 """The training loop of ``labelsmooth compare``: mini-batch AdamW with a cosine schedule.
 
 The loop takes the training labels as an argument (so a caller may pass flipped / noisy labels) and
-honours the optional loss hooks described in :mod:`.losses` (``on_epoch_end``, ``needs_index``).
+honours the optional loss hooks described in :mod:`.losses` (``on_train_begin``, ``on_epoch_end``,
+``needs_index``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def train(model: nn.Module, loss_fn: Any, X: torch.Tensor, y: torch.Tensor, cfg:
     gen = torch.Generator().manual_seed(seed)
     needs_index = bool(getattr(loss_fn, "needs_index", False))
     epoch_end = getattr(loss_fn, "on_epoch_end", None)
+    train_begin = getattr(loss_fn, "on_train_begin", None)
+    if callable(train_begin):
+        train_begin(y)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
