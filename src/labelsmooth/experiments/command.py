@@ -155,6 +155,7 @@ def _resolve_data(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .losses import SMOOTHING_FREE, make_loss, run_name
     from .models import MODELS
 
     wall_start = time.perf_counter()
@@ -174,12 +175,8 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads if args.threads is not None else 1
     threads = _positive_int("--threads", threads)
     dataset = _resolve_data(args)
-    from .losses import make_loss, run_name
-
-    plan: list[tuple[str, str, float | None]] = []
+    plan: list[tuple[str, str, float | None]] = []  # (run name, loss name, smoothing or None)
     for name in losses:
-        from .losses import SMOOTHING_FREE
-
         for eps in ([None] if name in SMOOTHING_FREE else smoothing):
             make_loss(name, 0.0 if eps is None else eps, dataset.num_classes)  # fails early
             plan.append((run_name(name, eps or 0.0), name, eps))
