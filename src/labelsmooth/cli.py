@@ -14,6 +14,8 @@ from collections.abc import Sequence
 # name -> module with ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("labelsmooth.explain", "print the smoothed target distribution"),
+    "compare": ("labelsmooth.experiments.command",
+                "train with and without label smoothing; report accuracy, calibration, geometry"),
 }
 
 
