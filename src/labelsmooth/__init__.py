@@ -21,11 +21,12 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "compat",
     "cross_entropy",
+    "distributed",
     "smooth_targets",
     "use_backend",
 ]
 
-_LAZY_MODULES = ("compat",)
+_LAZY_MODULES = ("compat", "distributed")
 
 
 def __getattr__(name: str) -> Any:
