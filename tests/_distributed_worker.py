@@ -148,7 +148,8 @@ def run_group(rank: int, world: int, group: Any) -> dict[str, Any]:
         weight = inp["weight"][sl] if cfg["weight"] else None
         with lsd.recording_collectives() as fwd_log:
             loss = lsd.vocab_parallel_linear_cross_entropy(
-                hidden, w, inp["target"], b, weight=weight, group=group, chunk_size=4, **loss_kwargs(cfg, inp))
+                hidden, w, inp["target"], b, weight=weight, group=group, chunk_size=4,
+                **loss_kwargs(cfg, inp))
         upstream = inp["grad_out"] if cfg["reduction"] == "none" else torch.ones(())
         with lsd.recording_collectives() as bwd_log:
             loss.backward(upstream)
@@ -163,7 +164,8 @@ def run_group(rank: int, world: int, group: Any) -> dict[str, Any]:
     y = torch.arange(n) % V
     bad: dict[str, tuple[str, str]] = {}
     short = n - 1 if rank == 0 else n
-    bad["target shape"] = _catch(lambda: lsd.vocab_parallel_cross_entropy(z[:short], y[:short], group=group))
+    bad["target shape"] = _catch(
+        lambda: lsd.vocab_parallel_cross_entropy(z[:short], y[:short], group=group))
     y_other = y.clone()
     if rank == world - 1:
         y_other[3] = (y_other[3] + 1) % V
@@ -171,9 +173,11 @@ def run_group(rank: int, world: int, group: Any) -> dict[str, Any]:
     empty = torch.zeros(n, 0, dtype=torch.float64) if rank == world - 1 else z
     bad["zero classes"] = _catch(lambda: lsd.vocab_parallel_cross_entropy(empty, y, group=group))
     bad_weight = torch.ones(SPLITS[world][rank] + (1 if rank == 1 else 0), dtype=torch.float64)
-    bad["local weight"] = _catch(lambda: lsd.vocab_parallel_cross_entropy(z, y, bad_weight, group=group))
+    bad["local weight"] = _catch(
+        lambda: lsd.vocab_parallel_cross_entropy(z, y, bad_weight, group=group))
     eps = 0.1 if rank == 0 else 0.2
-    bad["options"] = _catch(lambda: lsd.vocab_parallel_cross_entropy(z, y, label_smoothing=eps, group=group))
+    bad["options"] = _catch(
+        lambda: lsd.vocab_parallel_cross_entropy(z, y, label_smoothing=eps, group=group))
     y_big = y.clone()
     y_big[0] = V
     bad["target range"] = _catch(lambda: lsd.vocab_parallel_cross_entropy(z, y_big, group=group))

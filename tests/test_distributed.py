@@ -23,7 +23,7 @@ import labelsmooth
 import labelsmooth.distributed as lsd
 
 sys.path.insert(0, str(Path(__file__).parent))
-import _distributed_worker as worker  # noqa: E402
+import _distributed_worker as worker
 
 WORLDS = (2, 3, 4)
 TIMEOUT_S = 240
@@ -59,7 +59,7 @@ def _spawn(world: int, out: Path) -> list[dict[str, Any]]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for r, (p, log) in enumerate(zip(procs, logs)):
+    for r, (p, log) in enumerate(zip(procs, logs, strict=True)):
         assert p.returncode == 0, f"rank {r} of {world} failed:\n{log}"
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
@@ -75,8 +75,9 @@ def groups(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str,
 def _oracle(i: int, cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     inp = worker.case_inputs(i, cfg)
     logits = inp["logits"].clone().requires_grad_()
-    loss = labelsmooth.cross_entropy(logits, inp["target"], inp["weight"] if cfg["weight"] else None,
-                                     dim=cfg["dim"], backend="reference",
+    weight = inp["weight"] if cfg["weight"] else None
+    loss = labelsmooth.cross_entropy(logits, inp["target"], weight, dim=cfg["dim"],
+                                     backend="reference",
                                      **worker.loss_kwargs(cfg, inp))
     upstream = inp["grad_out"] if cfg["reduction"] == "none" else torch.ones(())
     loss.backward(upstream.to(loss.dtype))
@@ -112,7 +113,8 @@ def test_loss_bitwise_identical_on_every_rank(groups, world):
     ranks = groups[world]
     for i in range(len(CONFIGS)):
         for r in ranks[1:]:
-            assert torch.equal(r["configs"][i]["loss"], ranks[0]["configs"][i]["loss"]), (i, r["rank"])
+            same = torch.equal(r["configs"][i]["loss"], ranks[0]["configs"][i]["loss"])
+            assert same, (i, r["rank"])
 
 
 def test_special_cases_are_exact(groups):
@@ -132,7 +134,7 @@ def test_special_cases_are_exact(groups):
 def test_loss_independent_of_world_size(groups):
     """Smoothing is over the global V: the same loss for 2, 3 and 4 ranks. Smoothing over the local
     shard size (the Megatron bug) would not be: shown with the same data below."""
-    for i, cfg in enumerate(CONFIGS):
+    for i in range(len(CONFIGS)):
         losses = [groups[w][0]["configs"][i]["loss"] for w in WORLDS]
         for loss in losses[1:]:
             torch.testing.assert_close(loss, losses[0], rtol=1e-12, atol=0)

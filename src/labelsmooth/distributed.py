@@ -7,10 +7,11 @@ the logits of a contiguous slice ``[o_r, o_r + V_r)`` of the ``V = sum_r V_r`` c
 rank order, sizes free (``V`` need not divide by the world size). With the per-row statistics of
 :mod:`labelsmooth._stats` the loss needs only ``O(N)`` communication and never gathers logits:
 
-1. one small ``all_gather`` of a fixed-size int64 record per rank: ``V_r`` (so every rank learns the
-   offsets and the *global* ``V``), the target's shape and a checksum of its values, the options, and
-   ``sum(w_r)`` of the local class weights; this is also where every rank checks that the group agrees,
-   so a bad input raises the same clear error on every rank instead of hanging a later collective;
+1. one small ``all_gather`` of a fixed-size int64 record per rank: ``V_r`` (so every rank learns
+   the offsets and the *global* ``V``), the target's shape and a checksum of its values, the
+   options, and ``sum(w_r)`` of the local class weights; this is also where every rank checks that
+   the group agrees, so a bad input raises the same clear error on every rank instead of hanging a
+   later collective;
 2. ``all_reduce(MAX)`` of the local ``logsumexp`` of each row, ``m = max_r lse_r`` (the stabiliser);
 3. one packed ``all_reduce(SUM)`` of ``k`` per-row sums, ``k = 2 + [eps > 0] + [weight given]``:
    ``s = sum_r exp(lse_r - m)``, the target logit ``z_y`` (0 on shards that do not hold ``y``),
@@ -24,11 +25,13 @@ parallel degree),
 .. math::
 
     \ell = (b + cU)\,\mathrm{lse} - b\,z_y - c \textstyle\sum_c u_c z_c + \lambda e\,\mathrm{lse}^2,
-    \qquad \partial\ell/\partial z_k = a\,p_k - b[k=y] - c\,u_k,\quad a = b + cU + 2\lambda e\,\mathrm{lse}.
+    \qquad \partial\ell/\partial z_k = a\,p_k - b[k=y] - c\,u_k,
+    \qquad a = b + cU + 2\lambda e\,\mathrm{lse}.
 
-Each rank's gradient is the slice ``k in [o_r, o_r + V_r)`` of that formula, times the reduction's
-scale: everything it needs (``lse``, ``a``, ``b``, ``c`` per row) is saved in forward, so backward runs
-**no collective**. Every rank gets the same loss (the reduced statistics are identical everywhere).
+Each rank's gradient is the slice ``k in [o_r, o_r + V_r)`` of that formula, times the
+reduction's scale: everything it needs (``lse``, ``a``, ``b``, ``c`` per row) is saved in forward,
+so backward runs **no collective**. Every rank gets the same loss (the reduced statistics are
+identical everywhere).
 """
 
 from __future__ import annotations
@@ -64,9 +67,9 @@ _RECORD: list[list[tuple[str, int]]] = []
 def recording_collectives() -> Iterator[list[tuple[str, int]]]:
     """Record every collective this module issues in the block as ``(name, payload bytes)``.
 
-    The payload is the size of the tensor each rank hands to the collective (for the all-gather, its
-    own contribution). Used by the tests to check :func:`communication_volume`; cheap enough to leave
-    on for debugging.
+    The payload is the size of the tensor each rank hands to the collective (for the all-gather,
+    its own contribution). Used by the tests to check :func:`communication_volume`; cheap enough
+    to leave on for debugging.
     """
     log: list[tuple[str, int]] = []
     _RECORD.append(log)
@@ -133,7 +136,7 @@ class CommunicationVolume:
 
 
 def packed_fields(*, label_smoothing: float, weighted: bool) -> int:
-    """``k``: sum of exp and target logit, plus ``sum u z`` with smoothing, plus ``w_y`` with weights."""
+    """``k``: sum of exp and target logit, + ``sum u z`` with smoothing, + ``w_y`` with weights."""
     return 2 + (label_smoothing > 0.0) + bool(weighted)
 
 
@@ -143,7 +146,8 @@ def communication_volume(num_tokens: int, *, world_size: int, dtype: torch.dtype
                          hidden_dtype: torch.dtype | None = None) -> CommunicationVolume:
     """Per-call communication of :func:`vocab_parallel_cross_entropy` for ``N = num_tokens`` rows.
 
-    With ``b = 8`` for float64 logits and ``b = 4`` otherwise (half precision is reduced in float32):
+    With ``b = 8`` for float64 logits and ``b = 4`` otherwise (half precision is reduced in
+    float32):
 
     * the agreement all-gather: ``8 * 32 = 256`` bytes per rank, independent of ``N``;
     * ``all_reduce(MAX)``: ``b N``;
@@ -290,12 +294,14 @@ def _record(*, error: bool, num_classes: int = 0, batch_shape: tuple[int, ...] =
     if error:
         return [1] + [0] * (META_FIELDS - 1)
     kw = kwargs or {}
-    shape = list(batch_shape[:_SHAPE_DIMS]) + [-1] * (_SHAPE_DIMS - min(len(batch_shape), _SHAPE_DIMS))
+    shape = list(batch_shape[:_SHAPE_DIMS])
+    shape += [-1] * (_SHAPE_DIMS - len(shape))
     record = [0, num_classes, len(batch_shape), math.prod(batch_shape), *shape,
               *(checksums or [0, 0]), _DTYPES.index(dtype) if dtype in _DTYPES else -1, dim,
               int(kw["ignore_index"]), _code("reduction", kw["reduction"]),
               _code("convention", kw["convention"]), _code("weight_mode", kw["weight_mode"]),
-              _float_bits(kw["label_smoothing"]), _float_bits(kw["z_loss"]), int(weight is not None),
+              _float_bits(kw["label_smoothing"]), _float_bits(kw["z_loss"]),
+              int(weight is not None),
               _float_bits(0.0 if weight is None else float(weight.double().sum())),
               hidden, int(bias), chunk, {"cpu": 0, "cuda": 1}.get(device, 2), int(validate)]
     return record + [0] * (META_FIELDS - len(record))
@@ -475,26 +481,29 @@ def vocab_parallel_cross_entropy(
     r"""Label-smoothed cross-entropy of logits sharded by class over a process group.
 
     Equal (up to rounding) to :func:`labelsmooth.cross_entropy` on the logits concatenated along
-    ``dim`` in rank order, with the same keywords and the same semantics, in particular the smoothing
-    is spread over the **global** ``V = sum_r V_r`` classes: ``q_c = (1-eps)[c=y] + eps/V`` (or
-    ``eps/(V-1)`` on the other classes for ``convention="non_target"``), so the loss does not depend on
-    the number of ranks. Per row, with ``lse`` the logsumexp over all ``V`` classes::
+    ``dim`` in rank order, with the same keywords and the same semantics; in particular the
+    smoothing is spread over the **global** ``V = sum_r V_r`` classes:
+    ``q_c = (1-eps)[c=y] + eps/V`` (or ``eps/(V-1)`` on the other classes for
+    ``convention="non_target"``), so the loss does not depend on the number of ranks.
+    Per row, with ``lse`` the logsumexp over all ``V`` classes::
 
         l = (b + c U) lse - b z_y - c sum_c u_c z_c + z_loss e lse^2,
-        dl/dz_k = a softmax(z)_k - b [k = y] - c u_k        (module docstring, :mod:`labelsmooth._stats`)
+        dl/dz_k = a softmax(z)_k - b [k = y] - c u_k     (see :mod:`labelsmooth._stats`)
 
     Communication per call (see :func:`communication_volume`): one 256-byte all-gather (sizes and
-    agreement check), ``all_reduce(MAX)`` of ``N`` floats and one ``all_reduce(SUM)`` of ``k N`` floats
-    (``k`` = 2 to 4); nothing in backward. The result is the same on every rank.
+    agreement check), ``all_reduce(MAX)`` of ``N`` floats and one ``all_reduce(SUM)`` of ``k N``
+    floats (``k`` = 2 to 4); nothing in backward. The result is the same on every rank.
 
     Args:
-        local_logits: this rank's slice of the classes, ``(..., V_r)`` with ``dim=-1`` (or any ``dim``
-            as in :func:`labelsmooth.cross_entropy`); ``V_r >= 1`` may differ between ranks; slices
+        local_logits: this rank's slice of the classes, ``(..., V_r)`` with ``dim=-1`` (or any
+            ``dim`` as in :func:`labelsmooth.cross_entropy`); ``V_r >= 1`` may differ between
+            ranks; slices
             are in rank order of ``group``.
         target: **global** class ids in ``[0, V)`` (or ``ignore_index``), the input's shape without
             ``dim``, identical on every rank (checked with a checksum).
-        weight: this rank's slice ``(V_r,)`` of the class weights (``weight[o_r : o_r + V_r]`` of the
-            global vector); ``weight_mode`` as in :func:`labelsmooth.cross_entropy`. The weights get
+        weight: this rank's slice ``(V_r,)`` of the class weights (``weight[o_r : o_r + V_r]`` of
+            the global vector); ``weight_mode`` as in :func:`labelsmooth.cross_entropy`. The
+            weights get
             no gradient.
         group: the process group (default: the world).
         ignore_index, reduction, label_smoothing, convention, weight_mode, z_loss, dim: as in
@@ -616,18 +625,20 @@ def vocab_parallel_linear_cross_entropy(
 
     The classifier ``W`` (``V x H``) is sharded by rows (classes): rank ``r`` holds
     ``local_classifier = W[o_r : o_r + V_r]`` and ``local_bias = bias[o_r : o_r + V_r]``; ``hidden``
-    (``(..., H)``) and ``target`` (global ids, ``hidden``'s shape without ``H``) are the same on every
-    rank. Per chunk the local logits are formed and reduced with the collectives of
+    (``(..., H)``) and ``target`` (global ids, ``hidden``'s shape without ``H``) are the same on
+    every rank. Per chunk the local logits are formed and reduced with the collectives of
     :func:`vocab_parallel_cross_entropy` (so 2 all-reduces per chunk, ``O(N)`` bytes in total); only
     ``O(N)`` row statistics are kept. Backward recomputes each chunk's logits (one extra matmul, no
     ``N x V_r`` buffer) and forms ``dz = a p - b onehot - c u`` locally.
 
-    **Hidden gradient (row-parallel contract).** ``dL/dhidden = sum_r dz_r @ W_r`` needs every shard:
-    with ``reduce_hidden_grad=True`` (default) backward all-reduces it (``N H`` elements of hidden's
+    **Hidden gradient (row-parallel contract).** ``dL/dhidden = sum_r dz_r @ W_r`` needs every
+    shard: with ``reduce_hidden_grad=True`` (default) backward all-reduces it (``N H`` elements of
+    hidden's
     dtype, the only collective in backward), so every rank gets the full gradient, as a single
     process would. Pass ``False`` when the caller already sums it, e.g. Megatron's
-    ``copy_to_tensor_model_parallel_region`` before the output layer; each rank then gets its partial
-    ``dz_r @ W_r``. The classifier and bias gradients are local slices and need no collective.
+    ``copy_to_tensor_model_parallel_region`` before the output layer; each rank then gets its
+    partial ``dz_r @ W_r``. The classifier and bias gradients are local slices and need no
+    collective.
 
     ``chunk_size`` (tokens per chunk) must be the same on every rank; the default targets ~32 MiB of
     fp32 logits using the largest shard, so ranks with unequal ``V_r`` still agree on the count.
