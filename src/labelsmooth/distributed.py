@@ -246,12 +246,18 @@ def _meta_device(tensor: object, group: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _agree(record: list[int], group: Any, rank: int, world: int, device: torch.device,
-           local_error: BaseException | None) -> list[list[int]]:
-    """All-gather every rank's record and raise the same error everywhere on any disagreement."""
+def _agree(record: list[int], on_device: torch.Tensor | None, group: Any, rank: int, world: int,
+           device: torch.device, local_error: BaseException | None) -> list[list[int]]:
+    """All-gather every rank's record and raise the same error everywhere on any disagreement.
+
+    ``on_device`` holds the fields computed from tensors (:func:`_device_fields`), written into the
+    record on the device so the only host sync is reading the gathered records.
+    """
     if len(record) != META_FIELDS:
         raise AssertionError(f"internal: record has {len(record)} fields, not {META_FIELDS}")
     mine = torch.tensor(record, dtype=torch.int64, device=device)
+    if on_device is not None:
+        mine[list(_DEVICE_FIELDS)] = on_device.to(device)
     rows = _all_gather(mine, group, world).tolist()
     failed = [r for r in range(world) if rows[r][0]]
     if local_error is not None:
@@ -279,15 +285,23 @@ def _agree(record: list[int], group: Any, rank: int, world: int, device: torch.d
     return rows
 
 
-def _target_checksums(target: torch.Tensor) -> torch.Tensor:
+_DEVICE_FIELDS = (_FIELDS.index("target checksum"), _FIELDS.index("target position checksum"),
+                  _FIELDS.index("weight_sum"))
+
+
+def _device_fields(target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Checksums of the target's ids (sum, and sum weighted by position; int64 wrap-around is
+    fine: equal targets give equal sums) and the float64 bits of ``sum(weight)``, as int64 on the
+    device."""
     flat = target.reshape(-1).long()
     pos = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.int64)
-    return torch.stack([flat.sum(), (flat * pos).sum()]) if flat.numel() else torch.zeros(
-        2, dtype=torch.int64, device=flat.device)
+    wsum = (torch.zeros((), dtype=torch.float64, device=flat.device) if weight is None
+            else weight.detach().double().sum())
+    return torch.stack([flat.sum(), (flat * pos).sum(), wsum.view(torch.int64)])
 
 
 def _record(*, error: bool, num_classes: int = 0, batch_shape: tuple[int, ...] = (),
-            checksums: list[int] | None = None, dtype: torch.dtype | None = None, dim: int = 0,
+            dtype: torch.dtype | None = None, dim: int = 0,
             kwargs: dict[str, Any] | None = None, weight: torch.Tensor | None = None,
             hidden: int = 0, bias: bool = False, chunk: int = 0, device: str = "",
             validate: bool = False) -> list[int]:
@@ -297,12 +311,12 @@ def _record(*, error: bool, num_classes: int = 0, batch_shape: tuple[int, ...] =
     shape = list(batch_shape[:_SHAPE_DIMS])
     shape += [-1] * (_SHAPE_DIMS - len(shape))
     record = [0, num_classes, len(batch_shape), math.prod(batch_shape), *shape,
-              *(checksums or [0, 0]), _DTYPES.index(dtype) if dtype in _DTYPES else -1, dim,
+              0, 0, _DTYPES.index(dtype) if dtype in _DTYPES else -1, dim,
               int(kw["ignore_index"]), _code("reduction", kw["reduction"]),
               _code("convention", kw["convention"]), _code("weight_mode", kw["weight_mode"]),
               _float_bits(kw["label_smoothing"]), _float_bits(kw["z_loss"]),
               int(weight is not None),
-              _float_bits(0.0 if weight is None else float(weight.double().sum())),
+              0,  # weight_sum: filled in on the device by _device_fields (no host sync)
               hidden, int(bias), chunk, {"cpu": 0, "cuda": 1}.get(device, 2), int(validate)]
     return record + [0] * (META_FIELDS - len(record))
 
@@ -314,6 +328,7 @@ def _setup(local_logits: Any, target: Any, weight: Any, group: Any, kwargs: dict
     target, weight, out_shape, extra result)``; raises the same error on every rank."""
     rank, world = _group_info(group)
     error: BaseException | None = None
+    on_device: torch.Tensor | None = None
     record: list[int] = []
     flat = None
     try:
@@ -342,15 +357,15 @@ def _setup(local_logits: Any, target: Any, weight: Any, group: Any, kwargs: dict
                                                        kwargs["ignore_index"], validate=False)
         do_validate = bool(validate) or (validate is None and target.device.type == "cpu")
         record = _record(error=False, num_classes=local_v, batch_shape=tuple(out_shape),
-                         checksums=_target_checksums(flat_target).tolist(),
                          dtype=local_logits.dtype, dim=d, kwargs=kwargs, weight=weight,
                          device=local_logits.device.type, validate=do_validate, **more)
         flat = (flat_logits, flat_target, weight, out_shape)
+        on_device = _device_fields(flat_target, weight)
     except Exception as exc:  # any local failure must still reach the gather, or ranks desync
         error = exc
         record = _record(error=True)
     device = _meta_device(local_logits, group)
-    rows = _agree(record, group, rank, world, device, error)
+    rows = _agree(record, on_device, group, rank, world, device, error)
     flat_logits, flat_target, weight, out_shape = flat  # type: ignore[misc]  # set: no rank failed
     sizes = tuple(row[1] for row in rows)
     num_classes = sum(sizes)
@@ -418,10 +433,9 @@ def _local_grad(z: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, a: tor
                 b: torch.Tensor, c: torch.Tensor, u: torch.Tensor | None,
                 plan: _Plan) -> torch.Tensor:
     """This shard's slice of ``a p - b onehot(y) - c u`` (rows already scaled), no collective."""
-    a2 = a.unsqueeze(-1)
-    safe_lse = torch.where(a != 0, lse, torch.zeros_like(lse)).unsqueeze(-1)
-    grad = torch.where(a2 != 0, a2 * torch.exp(z - safe_lse), torch.zeros((), dtype=z.dtype,
-                                                                           device=z.device))
+    # One (n, V_r) buffer, updated in place; rows with a = 0 (ignored) may hold anything: zeroed.
+    grad = z - torch.where(a != 0, lse, torch.zeros_like(lse)).unsqueeze(-1)
+    grad.exp_().mul_(a.unsqueeze(-1)).masked_fill_((a == 0).unsqueeze(-1), 0.0)
     owned, col = _owned(target, plan)
     minus_b = torch.where(owned, -b, torch.zeros_like(b))
     grad.scatter_add_(-1, col.unsqueeze(-1), minus_b.unsqueeze(-1))
