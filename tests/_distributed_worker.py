@@ -45,15 +45,19 @@ def configs() -> list[dict[str, Any]]:
                     z_loss=0.01, eps=0.3, dim=-1, dtype="float32", special=None))
     out.append(dict(convention="non_target", weight=None, reduction="mean", ignore=False,
                     z_loss=0.0, eps=0.1, dim=-1, dtype="float64", special="ignore_index=0"))
+    out.append(dict(convention="non_target", weight="class", reduction="none", ignore=True,
+                    z_loss=0.01, eps=0.1, dim=-1, dtype="bfloat16", special=None))
     return out
 
 
 def linear_configs() -> list[dict[str, Any]]:
     out = []
-    for reduction, weight, bias in (("mean", None, True), ("sum", "class", False),
-                                    ("none", "sample", True), ("mean", "class", True)):
+    for reduction, weight, bias, reduce in (("mean", None, True, True),
+                                            ("sum", "class", False, True),
+                                            ("none", "sample", True, True),
+                                            ("mean", "class", True, False)):
         out.append(dict(convention="non_target", weight=weight, reduction=reduction, ignore=True,
-                        z_loss=0.01, eps=0.1, bias=bias))
+                        z_loss=0.01, eps=0.1, bias=bias, reduce_hidden_grad=reduce))
     return out
 
 
@@ -149,7 +153,7 @@ def run_group(rank: int, world: int, group: Any) -> dict[str, Any]:
         with lsd.recording_collectives() as fwd_log:
             loss = lsd.vocab_parallel_linear_cross_entropy(
                 hidden, w, inp["target"], b, weight=weight, group=group, chunk_size=4,
-                **loss_kwargs(cfg, inp))
+                reduce_hidden_grad=cfg["reduce_hidden_grad"], **loss_kwargs(cfg, inp))
         upstream = inp["grad_out"] if cfg["reduction"] == "none" else torch.ones(())
         with lsd.recording_collectives() as bwd_log:
             loss.backward(upstream)
