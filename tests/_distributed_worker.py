@@ -162,6 +162,21 @@ def run_group(rank: int, world: int, group: Any) -> dict[str, Any]:
                            bwd=list(bwd_log)))
     out["linear"] = linear
 
+    # Edge shapes: no rows; an unbatched (V,) vector; float16 logits (float32 loss).
+    misc: dict[str, Any] = {}
+    empty = torch.zeros(0, sl.stop - sl.start, dtype=torch.float64, requires_grad=True)
+    for reduction in ("mean", "sum", "none"):
+        misc[f"empty {reduction}"] = lsd.vocab_parallel_cross_entropy(
+            empty, torch.zeros(0, dtype=torch.long), group=group, reduction=reduction,
+            label_smoothing=0.1).detach()
+    vec = torch.linspace(-2, 3, V, dtype=torch.float64)[sl]
+    misc["unbatched"] = lsd.vocab_parallel_cross_entropy(vec, torch.tensor(3), group=group,
+                                                         label_smoothing=0.2)
+    half = (torch.linspace(-2, 3, 2 * V).reshape(2, V).half())[:, sl]
+    misc["half"] = lsd.vocab_parallel_cross_entropy(half, torch.tensor([1, V - 1]), group=group,
+                                                    label_smoothing=0.1)
+    out["misc"] = misc
+
     # Bad input: every rank must raise, and the group must still work afterwards.
     n = 15
     z = torch.randn(n, SPLITS[world][rank], dtype=torch.float64)

@@ -133,6 +133,23 @@ def test_special_cases_are_exact(groups):
                     assert torch.isfinite(r["configs"][i]["grad"]).all()
 
 
+@pytest.mark.parametrize("world", WORLDS)
+def test_edge_shapes(groups, world):
+    vec = torch.linspace(-2, 3, worker.V, dtype=torch.float64)
+    want_vec = labelsmooth.cross_entropy(vec, torch.tensor(3), label_smoothing=0.2, dim=-1,
+                                         backend="reference")
+    half = torch.linspace(-2, 3, 2 * worker.V).reshape(2, worker.V).half()
+    want_half = labelsmooth.cross_entropy(half, torch.tensor([1, worker.V - 1]),
+                                          label_smoothing=0.1, backend="reference")
+    for r in groups[world]:
+        misc = r["misc"]
+        assert misc["empty mean"].item() == 0.0 and misc["empty sum"].item() == 0.0
+        assert misc["empty none"].shape == (0,)
+        torch.testing.assert_close(misc["unbatched"], want_vec, rtol=RTOL, atol=0)
+        assert misc["half"].dtype == torch.float32
+        torch.testing.assert_close(misc["half"], want_half, rtol=1e-6, atol=0)
+
+
 def test_loss_independent_of_world_size(groups):
     """Smoothing is over the global V: the same loss for 2, 3 and 4 ranks. Smoothing over the local
     shard size (the Megatron bug) would not be: shown with the same data below."""

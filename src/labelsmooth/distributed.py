@@ -325,7 +325,7 @@ def _setup(local_logits: Any, target: Any, weight: Any, group: Any, kwargs: dict
            dim: int, validate: bool | None, local_checks: Any = None
            ) -> tuple[_Plan, torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
     """Local checks, the agreement gather, then the plan. Returns ``(plan, flat logits, flat
-    target, weight, out_shape, extra result)``; raises the same error on every rank."""
+    target, weight, out_shape)``; raises the same error on every rank."""
     rank, world = _group_info(group)
     error: BaseException | None = None
     on_device: torch.Tensor | None = None
