@@ -41,6 +41,8 @@ def configs() -> list[dict[str, Any]]:
                     z_loss=0.0, eps=0.1, dim=-1, dtype="float64", special="all_ignored"))
     out.append(dict(convention="uniform", weight=None, reduction="sum", ignore=True, z_loss=0.0,
                     eps=0.0, dim=-1, dtype="float64", special="masked"))
+    out.append(dict(convention="uniform", weight="class", reduction="mean", ignore=True,
+                    z_loss=0.01, eps=0.1, dim=-1, dtype="float64", special="masked"))
     out.append(dict(convention="uniform", weight="sample", reduction="mean", ignore=True,
                     z_loss=0.01, eps=0.3, dim=-1, dtype="float32", special=None))
     out.append(dict(convention="non_target", weight=None, reduction="mean", ignore=False,
@@ -81,6 +83,8 @@ def case_inputs(i: int, cfg: dict[str, Any]) -> dict[str, Any]:
         logits[0, 0] = float("-inf")
         target[0, 0] = ignore_index
     weight = torch.rand(V, generator=g, dtype=torch.float64) * 1.5 + 0.25
+    if cfg["special"] == "masked":  # masked classes weigh 0: with smoothing the loss stays finite
+        weight[3:9] = 0.0
     grad_out = torch.randn(BATCH, generator=g, dtype=torch.float64)
     if cfg["dim"] == 1:
         logits = logits.movedim(-1, 1)

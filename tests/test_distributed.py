@@ -36,13 +36,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(world: int, out: Path) -> list[dict[str, Any]]:
-    """Run ``world`` worker processes on the loopback interface; kill them all on any failure."""
+def _spawn(world: int, out: Path, attempts: int = 2) -> list[dict[str, Any]]:
+    """Run ``world`` worker processes on the loopback interface; kill them all on any failure.
+
+    The port is picked free just before the start; if another process grabbed it meanwhile, the
+    group is started once more on a new port."""
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-               WORLD_SIZE=str(world), LS_OUT=str(out), GLOO_SOCKET_IFNAME="lo",
-               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-                   p for p in (src, os.environ.get("PYTHONPATH")) if p))
+               WORLD_SIZE=str(world), LS_OUT=str(out), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"
     procs = [subprocess.Popen([sys.executable, str(Path(worker.__file__))],
                               env=dict(env, RANK=str(r)), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(world)]
@@ -59,6 +63,9 @@ def _spawn(world: int, out: Path) -> list[dict[str, Any]]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+    if attempts > 1 and any(p.returncode for p in procs) and any(
+            "address already in use" in log.lower() for log in logs):
+        return _spawn(world, out, attempts - 1)
     for r, (p, log) in enumerate(zip(procs, logs, strict=True)):
         assert p.returncode == 0, f"rank {r} of {world} failed:\n{log}"
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]

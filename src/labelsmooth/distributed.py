@@ -183,11 +183,12 @@ _CODES = {
 }
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Fields that may differ between ranks; every other field must agree.
-_PER_RANK = ("error", "num_classes", "weight_sum")
+_PER_RANK = ("error", "num_classes", "weight_sum", "zero weights")
 _FIELDS = ("error", "num_classes", "ndim", "numel", *(f"shape[{i}]" for i in range(_SHAPE_DIMS)),
            "target checksum", "target position checksum", "dtype", "dim", "ignore_index",
            "reduction", "convention", "weight_mode", "label_smoothing", "z_loss", "weight given",
-           "weight_sum", "hidden size", "bias given", "chunk_size", "device type", "validate")
+           "weight_sum", "hidden size", "bias given", "chunk_size", "device type", "validate",
+           "zero weights")
 
 
 def _float_bits(x: float) -> int:
@@ -215,6 +216,7 @@ class _Plan:
     num_classes: int
     opts: LossOptions
     u_sum: float
+    zero_weights: bool = False  # this shard's weight slice has zeros (see _global_stats)
 
     @property
     def local_classes(self) -> int:
@@ -286,18 +288,21 @@ def _agree(record: list[int], on_device: torch.Tensor | None, group: Any, rank: 
 
 
 _DEVICE_FIELDS = (_FIELDS.index("target checksum"), _FIELDS.index("target position checksum"),
-                  _FIELDS.index("weight_sum"))
+                  _FIELDS.index("weight_sum"), _FIELDS.index("zero weights"))
 
 
 def _device_fields(target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """Checksums of the target's ids (sum, and sum weighted by position; int64 wrap-around is
-    fine: equal targets give equal sums) and the float64 bits of ``sum(weight)``, as int64 on the
-    device."""
+    fine: equal targets give equal sums), the float64 bits of ``sum(weight)`` and the number of
+    zero weights, as int64 on the device."""
     flat = target.reshape(-1).long()
     pos = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.int64)
-    wsum = (torch.zeros((), dtype=torch.float64, device=flat.device) if weight is None
-            else weight.detach().double().sum())
-    return torch.stack([flat.sum(), (flat * pos).sum(), wsum.view(torch.int64)])
+    if weight is None:
+        wsum = torch.zeros((), dtype=torch.float64, device=flat.device)
+        zeros = torch.zeros((), dtype=torch.int64, device=flat.device)
+    else:
+        wsum, zeros = weight.detach().double().sum(), (weight == 0).sum()
+    return torch.stack([flat.sum(), (flat * pos).sum(), wsum.view(torch.int64), zeros])
 
 
 def _record(*, error: bool, num_classes: int = 0, batch_shape: tuple[int, ...] = (),
@@ -317,7 +322,8 @@ def _record(*, error: bool, num_classes: int = 0, batch_shape: tuple[int, ...] =
               _float_bits(kw["label_smoothing"]), _float_bits(kw["z_loss"]),
               int(weight is not None),
               0,  # weight_sum: filled in on the device by _device_fields (no host sync)
-              hidden, int(bias), chunk, {"cpu": 0, "cuda": 1}.get(device, 2), int(validate)]
+              hidden, int(bias), chunk, {"cpu": 0, "cuda": 1}.get(device, 2), int(validate),
+              0]  # zero weights: filled in on the device
     return record + [0] * (META_FIELDS - len(record))
 
 
@@ -373,7 +379,9 @@ def _setup(local_logits: Any, target: Any, weight: Any, group: Any, kwargs: dict
     if record[_FIELDS.index("validate")]:
         _check_index_target(flat_target, num_classes, kwargs["ignore_index"])
     u_sum = math.fsum(_bits_float(row[_FIELDS.index("weight_sum")]) for row in rows)
-    plan = _Plan(group, rank, world, sizes, sum(sizes[:rank]), num_classes, opts, u_sum)
+    zero_weights = bool(rows[rank][_FIELDS.index("zero weights")])
+    plan = _Plan(group, rank, world, sizes, sum(sizes[:rank]), num_classes, opts, u_sum,
+                 zero_weights)
     return plan, flat_logits, flat_target, weight, out_shape
 
 
@@ -413,7 +421,13 @@ def _global_stats(z: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     zy = z.gather(-1, col.unsqueeze(-1)).squeeze(-1)
     fields.append(torch.where(owned, zy, torch.zeros_like(zy)))
     if opts.smoothing > 0.0:
-        fields.append(z @ u if u is not None else z.sum(-1))
+        if u is None:
+            fields.append(z.sum(-1))
+        elif plan.zero_weights:  # w_c = 0 skips z_c, so a -inf logit there gives 0, not NaN
+            fields.append(torch.where(u == 0, torch.zeros((), dtype=z.dtype, device=z.device),
+                                      z) @ u)
+        else:
+            fields.append(z @ u)
     if weight is not None:
         wy = weight.to(z.dtype)[col]
         fields.append(torch.where(owned, wy, torch.zeros_like(wy)))
@@ -524,6 +538,8 @@ def vocab_parallel_cross_entropy(
             :func:`labelsmooth.cross_entropy`; they must be the same on every rank.
         validate: check the class ids against ``[0, V)``; default on CPU only (costs a host sync on
             GPU). The agreement gather itself always syncs with the host once per call.
+
+    Not supported: probability (soft) targets.
 
     Raises:
         RuntimeError: torch.distributed is unavailable or the process group is not initialised.
