@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from filelock import FileLock  # a dependency of torch
 
 import labelsmooth
 import labelsmooth.distributed as lsd
@@ -75,7 +76,17 @@ def _spawn(world: int, out: Path, attempts: int = 2) -> list[dict[str, Any]]:
 def groups(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
     """One spawn of 4 gloo processes; inside it groups of 2 and 3 ranks (``group=`` subgroups) and
     the 4-rank world group each run everything. ``groups[n][r]`` is what rank r of group n saw."""
-    ranks = _spawn(max(WORLDS), tmp_path_factory.mktemp("gloo"))
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        ranks = _spawn(max(WORLDS), tmp_path_factory.mktemp("gloo"))
+    else:  # under pytest -n: the first xdist worker spawns, the others read its results
+        shared = tmp_path_factory.getbasetemp().parent / "labelsmooth-gloo"  # this session only
+        with FileLock(str(shared) + ".lock"):
+            if not (shared / "done").exists():
+                shared.mkdir(exist_ok=True)
+                _spawn(max(WORLDS), shared)
+                (shared / "done").touch()
+        ranks = [torch.load(shared / f"rank{r}.pt", weights_only=False)
+                 for r in range(max(WORLDS))]
     return {n: [r["worlds"][n] for r in ranks[:n]] for n in WORLDS} | {"raw": ranks}
 
 
