@@ -1,10 +1,10 @@
 """Vocab-parallel loss on real gloo groups of 2, 3 and 4 processes (loopback, CPU).
 
-Four processes are spawned once (``_distributed_worker.py``); groups of their first 2, first 3 and
-all 4 ranks each run every configuration; the tests here
-compare what each rank saw with the single-process :func:`labelsmooth.cross_entropy` (reference
-backend) on the concatenated float64 logits. Every wait is bounded: gloo's own timeout in the
-workers and a subprocess timeout here, so a bug fails the test instead of hanging CI.
+Four processes are spawned once (``_distributed_worker.py``); groups of their first 2, first 3
+and all 4 ranks each run every configuration; the tests here compare what each rank saw with the
+single-process :func:`labelsmooth.cross_entropy` (reference backend) on the concatenated logits.
+Every wait is bounded: gloo's own timeout in the workers and a subprocess timeout here, so a bug
+fails the test instead of hanging CI.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,10 @@ def _spawn(world: int, out: Path, attempts: int = 2) -> list[dict[str, Any]]:
                               env=dict(env, RANK=str(r)), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(world)]
     logs = []
+    deadline = time.monotonic() + TIMEOUT_S  # one bound for the whole group
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
+            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
