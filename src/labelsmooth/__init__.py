@@ -21,12 +21,13 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "compat",
     "cross_entropy",
+    "distributed",
     "smooth_targets",
     "use_backend",
     "variants",
 ]
 
-_LAZY_MODULES = ("compat", "variants")
+_LAZY_MODULES = ("compat", "distributed", "variants")
 
 
 def __getattr__(name: str) -> Any:

@@ -50,16 +50,33 @@ class RowCoefficients(NamedTuple):
 def row_coefficients(target: torch.Tensor, weight: torch.Tensor | None, opts: LossOptions,
                      num_classes: int, dtype: torch.dtype) -> RowCoefficients:
     """Coefficients of the table above for ``(N,)`` class ids (``ignore_index`` rows get zeros)."""
-    eps = opts.smoothing
     kept = target != opts.ignore_index
     if weight is None:
-        e = kept.to(dtype)
-        return RowCoefficients((1.0 - eps) * e, (eps / num_classes) * e, e, None, float(num_classes))
+        return coefficients_from_rows(kept, None, None, float(num_classes), opts, num_classes,
+                                      dtype)
+    w = weight.to(dtype)
     safe = torch.where(kept, target, torch.zeros_like(target))
-    e = torch.where(kept, weight.to(dtype)[safe], torch.zeros((), dtype=dtype, device=target.device))
+    return coefficients_from_rows(kept, w[safe], w, float(w.sum()), opts, num_classes, dtype)
+
+
+def coefficients_from_rows(kept: torch.Tensor, row_weight: torch.Tensor | None,
+                           class_weight: torch.Tensor | None, u_sum: float, opts: LossOptions,
+                           num_classes: int, dtype: torch.dtype) -> RowCoefficients:
+    """The table above from per-row data: ``kept`` (N,) bool, ``row_weight = w[y]`` (N,) or None.
+
+    ``class_weight`` is ``u`` in class mode (the whole vector, or the shard's slice of it for the
+    vocab-parallel loss, which never holds all of ``w``) and ``u_sum`` is ``U = sum(w)`` over *all*
+    classes; both are ignored without weights or in sample mode (``u = 1``, ``U = K``).
+    """
+    eps = opts.smoothing
+    if row_weight is None:
+        e = kept.to(dtype)
+        return RowCoefficients((1.0 - eps) * e, (eps / num_classes) * e, e, None,
+                               float(num_classes))
+    e = torch.where(kept, row_weight.to(dtype), torch.zeros((), dtype=dtype, device=kept.device))
     if opts.weight_mode == "class":
         return RowCoefficients((1.0 - eps) * e, (eps / num_classes) * kept.to(dtype), e,
-                               weight.to(dtype), float(weight.to(dtype).sum()))
+                               class_weight, float(u_sum))
     return RowCoefficients((1.0 - eps) * e, (eps / num_classes) * e, e, None, float(num_classes))
 
 
