@@ -67,7 +67,11 @@ def table_rows(runs: list[RunResult], pm: str = "±") -> tuple[list[str], list[l
 
 def text_table(runs: list[RunResult], pm: str = "±") -> str:
     """Aligned plain-text table for the terminal."""
-    header, rows = table_rows(runs, pm)
+    return render_text(*table_rows(runs, pm))
+
+
+def render_text(header: list[str], rows: list[list[str]]) -> str:
+    """Aligned plain text: first column left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -79,7 +83,10 @@ def text_table(runs: list[RunResult], pm: str = "±") -> str:
 
 
 def markdown_table(runs: list[RunResult]) -> str:
-    header, rows = table_rows(runs)
+    return render_markdown(*table_rows(runs))
+
+
+def render_markdown(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |",
            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -152,15 +159,32 @@ def summary(runs: list[RunResult], num_classes: int) -> list[str]:
 
 
 def results_json(runs: list[RunResult], settings: dict[str, Any], sentences: list[str],
-                 wall_time_s: float) -> str:
+                 wall_time_s: float, extra: dict[str, Any] | None = None) -> str:
+    """The JSON document; ``extra`` adds top-level keys (``distillation``)."""
     doc = {"schema": SCHEMA, "settings": settings, "metrics": METRIC_KEYS,
-           "runs": [r.to_json() for r in runs], "summary": sentences, "wall_time_s": wall_time_s}
+           "runs": [r.to_json() for r in runs], "summary": sentences, "wall_time_s": wall_time_s,
+           **(extra or {})}
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
+def noise_sentence(settings: dict[str, Any]) -> str:
+    """What ``--noise`` did, in words ('' without label noise)."""
+    noise = settings.get("label_noise", 0.0)
+    if not noise:
+        return ""
+    flipped = settings.get("flipped_train_labels", [])
+    count = flipped[0] if flipped else round(noise * settings["split"]["train"])
+    return (f"**Label noise:** {noise:g} of the training labels ({count} of "
+            f"{settings['split']['train']} per seed) were flipped to a different class chosen "
+            f"uniformly at random (seeded per seed, the same flips for every loss); the validation "
+            f"and test labels are clean, so every number below is measured against the true labels.")
+
+
 def markdown_report(runs: list[RunResult], settings: dict[str, Any], sentences: list[str],
-                    wall_time_s: float) -> str:
+                    wall_time_s: float, extra_sections: list[str] | None = None) -> str:
+    """The report; ``extra_sections`` (Markdown blocks) go after "What changed"."""
     s = settings
+    noise = noise_sentence(s)
     lines = [
         f"# labelsmooth compare: {s['dataset']}",
         "",
@@ -171,6 +195,7 @@ def markdown_report(runs: list[RunResult], settings: dict[str, Any], sentences: 
         f"Mean ± std over {s['seeds']} seed(s); each seed draws its own split and initialisation, "
         f"shared by all losses. Total wall time {wall_time_s:.1f} s.",
         "",
+        *([noise, ""] if noise else []),
         markdown_table(runs),
         "",
         "Columns: test accuracy; NLL; ECE (15 equal-width bins on top-1 confidence, Guo et al. 2017); "
@@ -182,6 +207,7 @@ def markdown_report(runs: list[RunResult], settings: dict[str, Any], sentences: 
         "",
         *[f"* {t}" for t in sentences],
         "",
+        *[line for block in (extra_sections or []) for line in (block, "")],
         "## Figures",
         "",
         "* `reliability.png` — reliability diagrams (test set, all seeds pooled), before and after "
