@@ -21,10 +21,10 @@ namespace {
 
 using at::vec::Vectorized;
 
-template <typename acc_t>
-struct RowStats {
-  acc_t lse, zy, sz;
-};
+// ATen's fast vectorised exp (the one torch's own CPU softmax uses; <= 20 ulp in fp32), exact
+// Sleef exp in fp64. Both give exactly 0 for -inf.
+inline Vectorized<float> vexp(const Vectorized<float>& x) { return x.exp_u20(); }
+inline Vectorized<double> vexp(const Vectorized<double>& x) { return x.exp(); }
 
 // z: one row in acc_t. dst: where exp(z - m) goes (may alias z), or nullptr for the loss only.
 template <typename acc_t>
@@ -76,8 +76,8 @@ inline void row_stats(const acc_t* z, int64_t K, int64_t y, const acc_t* u, acc_
   k = 0;
   if (dst) {
     for (; k + 2 * W <= K; k += 2 * W) {
-      V a = (V::loadu(z + k) - vm).exp();
-      V b = (V::loadu(z + k + W) - vm).exp();
+      V a = vexp(V::loadu(z + k) - vm);
+      V b = vexp(V::loadu(z + k + W) - vm);
       a.store(dst + k);
       b.store(dst + k + W);
       acc0 = acc0 + a;
@@ -85,8 +85,8 @@ inline void row_stats(const acc_t* z, int64_t K, int64_t y, const acc_t* u, acc_
     }
   } else {
     for (; k + 2 * W <= K; k += 2 * W) {
-      acc0 = acc0 + (V::loadu(z + k) - vm).exp();
-      acc1 = acc1 + (V::loadu(z + k + W) - vm).exp();
+      acc0 = acc0 + vexp(V::loadu(z + k) - vm);
+      acc1 = acc1 + vexp(V::loadu(z + k + W) - vm);
     }
   }
   acc_t s = at::vec::vec_reduce_all<acc_t>([](V& x, V& y2) { return x + y2; }, acc0 + acc1);
