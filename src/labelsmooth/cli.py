@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # name -> module with ``add_arguments(parser)`` and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("labelsmooth.explain", "print the smoothed target distribution"),
+    "bench": ("labelsmooth.bench", "time and memory of the loss providers, as ratios to torch"),
 }
 
 

@@ -16,8 +16,9 @@ Memory: the gradient (``N x K`` in the input's dtype) plus one fp32 row per thre
 inputs. With ``inplace_backward=True`` the gradient is written into the logits' own storage: the
 logits are consumed (they hold the gradient after the forward call; do not read them again).
 
-The backward can run once (``retain_graph=True`` followed by a second backward raises) and is not
-differentiable again (no double backward).
+The first backward hands the stored gradient to autograd without a copy; a second backward through
+a retained graph recomputes it (with ``inplace_backward=True`` it raises: the logits are gone). The
+backward is not differentiable again (no double backward).
 
 Falls back to ``reference`` (see :func:`unsupported`) for: probability targets, tensors not on the
 CPU, a ``weight`` that requires grad, dtypes other than fp16/bf16/fp32/fp64. Without a C++ compiler
@@ -152,18 +153,28 @@ class _FusedCrossEntropy(torch.autograd.Function):
         grad = rows if opts.inplace_backward else torch.empty(rows.shape, dtype=rows.dtype)
         lse, zy, sz = fused_statistics(rows, target, coef, opts, scale, grad)
         ctx.grad = grad.detach()
-        ctx.reduction = opts.reduction
+        ctx.coef, ctx.opts, ctx.scale = coef, opts, scale
+        # Kept only to recompute the gradient if backward runs again through a retained graph
+        # (the logits are alive anyway; they are not copied).
+        ctx.save_for_backward(None if opts.inplace_backward else logits, target)
         return _reduce(loss_from_stats(lse, zy, sz, coef, opts.z_loss), opts.reduction, scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
-        grad, ctx.grad = ctx.grad, None  # dropping our reference lets autograd keep it without a copy
-        if grad is None:
-            raise RuntimeError("labelsmooth cpu backend: backward ran twice through the same graph "
-                               "(retain_graph=True); the fused gradient is stored once. Use "
-                               "backend='reference' to backpropagate several times.")
-        if ctx.reduction == "none":
+        # Handing our only reference to autograd lets it become ``.grad`` without a copy.
+        grad, ctx.grad = ctx.grad, None
+        if grad is None:  # a second backward through a retained graph: recompute
+            logits, target = ctx.saved_tensors
+            if logits is None:
+                raise RuntimeError(
+                    "labelsmooth cpu backend: with inplace_backward=True the logits hold the "
+                    "gradient and backward can run only once; use inplace_backward=False to "
+                    "backpropagate through the same graph again")
+            rows = _row_view(logits)
+            grad = torch.empty(rows.shape, dtype=rows.dtype)
+            fused_statistics(rows, target, ctx.coef, ctx.opts, ctx.scale, grad)
+        if ctx.opts.reduction == "none":
             grad.mul_(grad_output.to(grad.dtype).unsqueeze(1))
         else:
             g = float(grad_output)
