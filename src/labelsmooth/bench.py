@@ -39,7 +39,7 @@ import torch
 
 SMOOTHING = 0.1
 DEFAULT_SHAPES = ("8192x1000", "4096x32768", "2048x131072")
-QUICK_SHAPES = ("512x1000", "64x8192")
+QUICK_SHAPES = ("256x1000", "32x8192")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 PASSES = ("inference", "forward", "backward", "forward+backward")
 
@@ -100,9 +100,10 @@ def _torch_compile(case: Case) -> LossFn | None:
         return None
     key = (case.device, case.dtype)
     if key not in _compiled:
+        # dynamic shapes: one compilation per (dtype, grad mode), reused by every batch size.
         _compiled[key] = torch.compile(
             lambda x, t: torch.nn.functional.cross_entropy(x, t, label_smoothing=SMOOTHING),
-            dynamic=False)
+            dynamic=True)
     return _compiled[key]
 
 
@@ -121,6 +122,17 @@ def _labelsmooth(backend: str, **extra: object) -> Setup:
     return setup
 
 
+#: ``reference`` builds several dense N x V temporaries (about 6-12x the logits) and is slow: it is
+#: benchmarked only up to this many logits bytes (``--reference-max-mb`` changes it).
+REFERENCE_MAX_BYTES = 256 << 20
+
+
+def _reference(case: Case) -> LossFn | None:
+    if case.logits_bytes > REFERENCE_MAX_BYTES:
+        return None
+    return _labelsmooth("reference")(case)
+
+
 def _cpu_only(setup: Setup) -> Setup:
     return lambda case: setup(case) if case.device == "cpu" else None
 
@@ -129,7 +141,7 @@ def _cpu_only(setup: Setup) -> Setup:
 PROVIDERS: dict[str, Setup] = {
     "torch": _torch_eager,
     "torch.compile": _torch_compile,
-    "reference": _labelsmooth("reference"),
+    "reference": _reference,
     "cpu": _cpu_only(_labelsmooth("cpu")),
     "cpu+inplace": _cpu_only(_labelsmooth("cpu", inplace_backward=True)),
 }
@@ -160,6 +172,19 @@ def _timer(run: Callable[[], None]) -> torch.utils.benchmark.Timer:
     return Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())
 
 
+def _warm_up(run: Callable[[], None], target_s: float) -> tuple[int, float, float]:
+    """Call ``run`` once (or twice when fast); return calls per measurement, first and steady time."""
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    if first > target_s:  # slow calls: one per measurement; the first call's time serves
+        return 1, first, first
+    start = time.perf_counter()
+    run()
+    steady = time.perf_counter() - start
+    return max(1, int(target_s / max(steady, 1e-6))), first, steady
+
+
 def time_case(case: Case, providers: Sequence[str], repeats: int, target_s: float = 0.05
               ) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
     """Median seconds per ``(provider, mode)`` (plus ``("exp", "floor")``), and each provider's
@@ -176,20 +201,11 @@ def time_case(case: Case, providers: Sequence[str], repeats: int, target_s: floa
             own = Inputs([x.clone() for x in inputs.grad], inputs.rest)
         for mode in ("inference", "forward", "forward+backward"):
             run = _statement(fn, own, mode)
-            start = time.perf_counter()
-            run()  # warm-up (and compilation)
-            first = time.perf_counter() - start
-            start = time.perf_counter()
-            run()
-            steady = time.perf_counter() - start
+            number, first, steady = _warm_up(run, target_s)
             first_call[name] = first_call.get(name, 0.0) + max(0.0, first - steady)
-            jobs.append((name, mode, _timer(run), max(1, int(target_s / max(steady, 1e-6)))))
+            jobs.append((name, mode, _timer(run), number))
     floor = _statement(PROVIDERS["torch"](case), inputs, "floor")  # type: ignore[arg-type]
-    floor()
-    start = time.perf_counter()
-    floor()
-    jobs.append(("exp", "floor", _timer(floor),
-                 max(1, int(target_s / max(time.perf_counter() - start, 1e-6)))))
+    jobs.append(("exp", "floor", _timer(floor), _warm_up(floor, target_s)[0]))
     samples: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _, _ in jobs}
     for _ in range(repeats):  # alternate: one measurement of every job per round
         for name, mode, timer, number in jobs:
@@ -246,9 +262,11 @@ def memory_child(provider: str, cases: list[Case]) -> list[dict[str, float | Non
             results.append({})
             continue
         inputs = OPS[case.op](case)
-        with torch.no_grad():  # warm-up: imports, thread pools, compilation
-            fn(*inputs.grad, *inputs.rest)
-        fn(*[x.detach().clone().requires_grad_() for x in inputs.grad], *inputs.rest).backward()
+        small = OPS[case.op](Case(8, case.v, case.dtype, case.device, case.op))
+        with torch.no_grad():  # warm-up on a small batch: imports, thread pools, compilation
+            fn(*small.grad, *small.rest)
+        fn(*[x.detach().clone().requires_grad_() for x in small.grad], *small.rest).backward()
+        del small
         base, exact = _phase_start()
         with torch.no_grad():
             fn(*inputs.grad, *inputs.rest)
@@ -265,19 +283,32 @@ def memory_child(provider: str, cases: list[Case]) -> list[dict[str, float | Non
     return results
 
 
-def measure_memory(provider: str, cases: list[Case]) -> list[dict[str, float | None]]:
-    """Run :func:`memory_child` in a fresh interpreter (one per provider)."""
+def measure_memory(providers: Sequence[str], cases: list[Case], parallel: bool
+                   ) -> dict[str, list[dict[str, float | None]]]:
+    """Run :func:`memory_child` in a fresh interpreter per provider (all at once if ``parallel``:
+    resident memory is per process, so the numbers do not depend on it)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    payload = json.dumps({"provider": provider, "cases": [asdict(c) for c in cases]})
-    proc = subprocess.run([sys.executable, "-m", "labelsmooth.bench", "--memory-child", payload],
-                          capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        print(f"  memory of {provider}: child failed: {tail[0]}", file=sys.stderr)
-        return [{} for _ in cases]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    results: dict[str, list[dict[str, float | None]]] = {}
+    running: list[tuple[str, subprocess.Popen[str]]] = []
+    for i, provider in enumerate(providers):
+        payload = json.dumps({"provider": provider, "cases": [asdict(c) for c in cases]})
+        running.append((provider, subprocess.Popen(
+            [sys.executable, "-m", "labelsmooth.bench", "--memory-child", payload],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)))
+        if parallel and i < len(providers) - 1:
+            continue
+        for name, proc in running:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                tail = (err or "").strip().splitlines()[-1:] or ["no output"]
+                print(f"memory of {name}: child failed: {tail[0]}", file=sys.stderr)
+                results[name] = [{} for _ in cases]
+            else:
+                results[name] = json.loads(out.strip().splitlines()[-1])
+        running = []
+    return results
 
 
 # ----------------------------------------------------------------------------- command line
@@ -303,6 +334,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help=f"small shapes ({', '.join(QUICK_SHAPES)}), 2 rounds: seconds")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    parser.add_argument("--reference-max-mb", type=float, default=REFERENCE_MAX_BYTES / 2**20,
+                        help="benchmark reference only up to this logits size (default 256)")
     parser.add_argument("--device", default="cpu", help="device of the inputs (default cpu)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -338,6 +371,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--op={args.op!r} is not known; allowed: {', '.join(OPS)}")
     if args.repeats < 1:
         raise ValueError(f"--repeats={args.repeats} is not allowed; allowed: an integer >= 1")
+    if args.reference_max_mb < 0:
+        raise ValueError(f"--reference-max-mb={args.reference_max_mb} is not allowed; allowed: >= 0")
+    global REFERENCE_MAX_BYTES
+    REFERENCE_MAX_BYTES = int(args.reference_max_mb * 2**20)
     cases, providers = _cases(args), _providers(args)
     repeats = min(args.repeats, 2) if args.quick and args.repeats == 3 else args.repeats
     start = time.perf_counter()
@@ -356,8 +393,7 @@ def run(args: argparse.Namespace) -> int:
           "backward = fwd+bwd - forward)")
     memory: dict[str, list[dict[str, float | None]]] = {}
     if not args.no_memory:
-        for name in providers:
-            memory[name] = measure_memory(name, cases)
+        memory = measure_memory(providers, cases, parallel=args.quick)
     rows: list[dict[str, object]] = []
     header = (f"{'shape':>12} {'dtype':>5} {'pass':>16} {'provider':>13} {'ms':>9} {'vs torch':>8} "
               f"{'/ exp':>6} {'mem':>5}")
