@@ -175,7 +175,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
             grad = torch.empty(rows.shape, dtype=rows.dtype)
             fused_statistics(rows, target, ctx.coef, ctx.opts, ctx.scale, grad)
         if ctx.opts.reduction == "none":
-            grad.mul_(grad_output.to(grad.dtype).unsqueeze(1))
+            grad.mul_(grad_output.unsqueeze(1))  # in fp32, rounded once to the grad dtype
         else:
             g = float(grad_output)
             if g != 1.0:
