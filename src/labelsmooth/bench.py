@@ -283,22 +283,23 @@ def memory_child(provider: str, cases: list[Case]) -> list[dict[str, float | Non
     return results
 
 
-def measure_memory(providers: Sequence[str], cases: list[Case], parallel: bool
+def measure_memory(providers: Sequence[str], cases: list[Case], jobs: int
                    ) -> dict[str, list[dict[str, float | None]]]:
-    """Run :func:`memory_child` in a fresh interpreter per provider (all at once if ``parallel``:
-    resident memory is per process, so the numbers do not depend on it)."""
+    """Run :func:`memory_child` in a fresh interpreter per provider, ``jobs`` at a time (resident
+    memory is per process, so the numbers do not depend on how many run together)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     results: dict[str, list[dict[str, float | None]]] = {}
-    running: list[tuple[str, subprocess.Popen[str]]] = []
-    for i, provider in enumerate(providers):
-        payload = json.dumps({"provider": provider, "cases": [asdict(c) for c in cases]})
-        running.append((provider, subprocess.Popen(
-            [sys.executable, "-m", "labelsmooth.bench", "--memory-child", payload],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)))
-        if parallel and i < len(providers) - 1:
-            continue
+    pending = list(providers)
+    while pending:
+        batch, pending = pending[:jobs], pending[jobs:]
+        running = []
+        for provider in batch:
+            payload = json.dumps({"provider": provider, "cases": [asdict(c) for c in cases]})
+            running.append((provider, subprocess.Popen(
+                [sys.executable, "-m", "labelsmooth.bench", "--memory-child", payload],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)))
         for name, proc in running:
             out, err = proc.communicate()
             if proc.returncode != 0:
@@ -307,7 +308,6 @@ def measure_memory(providers: Sequence[str], cases: list[Case], parallel: bool
                 results[name] = [{} for _ in cases]
             else:
                 results[name] = json.loads(out.strip().splitlines()[-1])
-        running = []
     return results
 
 
@@ -393,7 +393,7 @@ def run(args: argparse.Namespace) -> int:
           "backward = fwd+bwd - forward)")
     memory: dict[str, list[dict[str, float | None]]] = {}
     if not args.no_memory:
-        memory = measure_memory(providers, cases, parallel=args.quick)
+        memory = measure_memory(providers, cases, jobs=len(providers) if args.quick else 2)
     rows: list[dict[str, object]] = []
     header = (f"{'shape':>12} {'dtype':>5} {'pass':>16} {'provider':>13} {'ms':>9} {'vs torch':>8} "
               f"{'/ exp':>6} {'mem':>5}")
@@ -413,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 mem_kib = memory.get(name, [{}] * len(cases))[ci].get(
                     "forward+backward" if mode == "backward" else mode)
-                mem = None if mem_kib is None else mem_kib * 1024 / case.logits_bytes
+                mem = None if mem_kib is None else max(0.0, mem_kib) * 1024 / case.logits_bytes
                 row = {"shape": f"{case.n}x{case.v}", "dtype": case.dtype, "pass": mode,
                        "provider": name, "median_ms": t * 1e3,
                        "speedup_vs_torch": None if not base or t <= 0 else base / t,
@@ -422,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{row['shape']:>12} {case.dtype:>5} {mode:>16} {name:>13} "
                       f"{t * 1e3:9.2f} {_fmt(row['speedup_vs_torch'], '8.2f')} "
                       f"{t / floor:6.2f} {_fmt(mem, '5.2f')}")
-        print(f"{case.n}x{case.v} {case.dtype}: one torch.exp = {floor * 1e3:.2f} ms")
+        print(f"{case.n}x{case.v} {case.dtype}: one torch.exp = {floor * 1e3:.2f} ms", flush=True)
     if "torch.compile" in compile_cost:
         print(f"torch.compile: first-call (compile) overhead {compile_cost['torch.compile']:.1f} s "
               f"in total over {len(cases)} configurations x 3 passes")
