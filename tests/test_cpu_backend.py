@@ -158,6 +158,18 @@ def test_inplace_backward_reuses_the_logits_storage(impl, dtype):
     assert torch.equal(leaf.detach(), leaf.grad)  # ... so the logits were consumed
 
 
+def test_module_with_inplace_backward(impl):
+    x, t = _inputs(torch.float32)
+    w = torch.linspace(0.5, 1.5, K)
+    _, ref_grad = _run("reference", x, t, w, label_smoothing=0.1, weight_mode="sample")
+    module = ls.LabelSmoothingCrossEntropy(w, label_smoothing=0.1, weight_mode="sample",
+                                           inplace_backward=True, backend="cpu")
+    leaf = x.clone().requires_grad_()
+    module(leaf, t).backward()
+    _close(leaf.grad, ref_grad, torch.float32)
+    assert leaf.grad.data_ptr() == leaf.data_ptr()
+
+
 def test_inplace_backward_through_a_non_leaf(impl):
     x, t = _inputs(torch.float32)
     _, ref_grad = _run("reference", 2 * x, t, label_smoothing=0.1)

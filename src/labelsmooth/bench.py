@@ -124,7 +124,7 @@ def _labelsmooth(backend: str, **extra: object) -> Setup:
 
 #: ``reference`` builds several dense N x V temporaries (about 6-12x the logits) and is slow: it is
 #: benchmarked only up to this many logits bytes (``--reference-max-mb`` changes it).
-REFERENCE_MAX_BYTES = 256 << 20
+REFERENCE_MAX_BYTES = 64 << 20
 
 
 def _reference(case: Case) -> LossFn | None:
@@ -172,17 +172,26 @@ def _timer(run: Callable[[], None]) -> torch.utils.benchmark.Timer:
     return Timer("run()", globals={"run": run}, num_threads=torch.get_num_threads())
 
 
-def _warm_up(run: Callable[[], None], target_s: float) -> tuple[int, float, float]:
-    """Call ``run`` once (or twice when fast); return calls per measurement, first and steady time."""
+def _warm_up(run: Callable[[], None], target_s: float) -> int:
+    """Call ``run`` once (twice when fast); return the calls per measurement."""
     start = time.perf_counter()
     run()
     first = time.perf_counter() - start
-    if first > target_s:  # slow calls: one per measurement; the first call's time serves
-        return 1, first, first
+    if first > target_s:  # slow calls: one per measurement
+        return 1
     start = time.perf_counter()
     run()
-    steady = time.perf_counter() - start
-    return max(1, int(target_s / max(steady, 1e-6))), first, steady
+    return max(1, int(target_s / max(time.perf_counter() - start, 1e-6)))
+
+
+def _first_call_overhead(run: Callable[[], None]) -> float:
+    """Seconds of the first call beyond the second one, on a small batch (compilation)."""
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    run()
+    return max(0.0, first - (time.perf_counter() - start))
 
 
 def time_case(case: Case, providers: Sequence[str], repeats: int, target_s: float = 0.05
@@ -190,6 +199,7 @@ def time_case(case: Case, providers: Sequence[str], repeats: int, target_s: floa
     """Median seconds per ``(provider, mode)`` (plus ``("exp", "floor")``), and each provider's
     first-call overhead (compile time) in seconds."""
     inputs = OPS[case.op](case)
+    small = OPS[case.op](Case(8, case.v, case.dtype, case.device, case.op))
     jobs: list[tuple[str, str, torch.utils.benchmark.Timer, int]] = []
     first_call: dict[str, float] = {}
     for name in providers:
@@ -200,12 +210,13 @@ def time_case(case: Case, providers: Sequence[str], repeats: int, target_s: floa
         if getattr(fn, "consumes_inputs", False):  # writes its gradient into the logits
             own = Inputs([x.clone() for x in inputs.grad], inputs.rest)
         for mode in ("inference", "forward", "forward+backward"):
+            # compilation (torch.compile: once per dtype and grad mode, dynamic shapes) shows here
+            overhead = _first_call_overhead(_statement(fn, small, mode))
+            first_call[name] = first_call.get(name, 0.0) + overhead
             run = _statement(fn, own, mode)
-            number, first, steady = _warm_up(run, target_s)
-            first_call[name] = first_call.get(name, 0.0) + max(0.0, first - steady)
-            jobs.append((name, mode, _timer(run), number))
+            jobs.append((name, mode, _timer(run), _warm_up(run, target_s)))
     floor = _statement(PROVIDERS["torch"](case), inputs, "floor")  # type: ignore[arg-type]
-    jobs.append(("exp", "floor", _timer(floor), _warm_up(floor, target_s)[0]))
+    jobs.append(("exp", "floor", _timer(floor), _warm_up(floor, target_s)))
     samples: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _, _ in jobs}
     for _ in range(repeats):  # alternate: one measurement of every job per round
         for name, mode, timer, number in jobs:
@@ -335,7 +346,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"small shapes ({', '.join(QUICK_SHAPES)}), 2 rounds: seconds")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     parser.add_argument("--reference-max-mb", type=float, default=REFERENCE_MAX_BYTES / 2**20,
-                        help="benchmark reference only up to this logits size (default 256)")
+                        help="benchmark reference only up to this logits size (default 64)")
     parser.add_argument("--device", default="cpu", help="device of the inputs (default cpu)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE as JSON")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -425,7 +436,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{case.n}x{case.v} {case.dtype}: one torch.exp = {floor * 1e3:.2f} ms", flush=True)
     if "torch.compile" in compile_cost:
         print(f"torch.compile: first-call (compile) overhead {compile_cost['torch.compile']:.1f} s "
-              f"in total over {len(cases)} configurations x 3 passes")
+              f"in total (dynamic shapes: once per dtype and grad mode, on a small batch)")
     print(f"bench finished in {time.perf_counter() - start:.0f} s")
     if args.json:
         with open(args.json, "w") as out:
