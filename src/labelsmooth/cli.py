@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("labelsmooth.explain", "print the smoothed target distribution"),
     "compare": ("labelsmooth.experiments.command",
                 "train with and without label smoothing; report accuracy, calibration, geometry"),
+    "bench": ("labelsmooth.bench", "time and memory of the loss providers, as ratios to torch"),
 }
 
 
