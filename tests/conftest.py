@@ -6,6 +6,11 @@ import sys
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Reproducible property tests: the same examples on every run (CI included).
+settings.register_profile("labelsmooth", derandomize=True, print_blob=True)
+settings.load_profile("labelsmooth")
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/oracle.py
 
