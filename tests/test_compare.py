@@ -151,6 +151,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "bad smoothing": (["--smoothing", "0.1,1.5"], "out of range"),
         "bad smoothing text": (["--smoothing", "abc"], "not a number"),
         "bad seeds": (["--seeds", "0"], "--seeds 0"),
+        "infinite lr": (["--lr", "inf"], "--lr inf is not allowed"),
         "bad model": (["--model", "resnet"], "--model 'resnet'"),
         "bad device": (["--device", "tpu"], "--device 'tpu'"),
         "bad dataset": (["--dataset", "mnist"], "--dataset 'mnist'"),
@@ -164,7 +165,8 @@ BAD_NAMES = [
     "single class", "nan features csv", "nan features npz", "npz without y", "nan labels npz",
     "too few samples",
     "class too rare", "unwritable out", "out not empty", "unknown loss", "bad smoothing",
-    "bad smoothing text", "bad seeds", "bad model", "bad device", "bad dataset", "data and dataset",
+    "bad smoothing text", "bad seeds", "infinite lr", "bad model", "bad device", "bad dataset",
+    "data and dataset",
     "a directory as data",
 ]
 

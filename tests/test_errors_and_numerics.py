@@ -66,6 +66,26 @@ def test_bad_weights(weight, error, words):
         assert word in str(info.value)
 
 
+def test_devices_and_zero_classes_and_numpy_scalars():
+    with pytest.raises(ValueError, match="target is on meta but input is on cpu"):
+        ls.cross_entropy(X, Y.to("meta"))
+    with pytest.raises(ValueError, match="target is on cpu but input is on meta"):
+        ls.binary_cross_entropy_with_logits(X.to("meta"), torch.rand(4, 3))
+    with pytest.raises(ValueError, match=r"input has 0 classes along dim 1"):
+        ls.cross_entropy(torch.randn(3, 0), torch.zeros(3, dtype=torch.long))
+    import numpy as np  # numpy scalars are accepted like Python numbers (torch accepts them too)
+
+    torch.testing.assert_close(
+        ls.cross_entropy(X, Y, label_smoothing=np.float32(0.25), ignore_index=np.int64(1)),
+        torch.nn.functional.cross_entropy(X, Y, label_smoothing=0.25, ignore_index=1))
+    with pytest.raises(TypeError, match=r"dtype=torch\.int64 is not allowed"):
+        ls.smooth_targets(Y, 3, 0.1, dtype=torch.long)
+    with pytest.raises(TypeError, match="dim must be an int"):
+        ls.LabelSmoothingCrossEntropy(dim="a")
+    with pytest.raises(ValueError, match="backend='x' is not a known backend"):
+        ls.LabelSmoothingCrossEntropy(backend="x")
+
+
 def test_integer_logits_and_non_target_with_one_class():
     with pytest.raises(TypeError, match=r"input has dtype torch.int64.*float"):
         ls.cross_entropy(torch.ones(2, 3, dtype=torch.long), torch.tensor([0, 1]))
@@ -157,6 +177,10 @@ def test_binary_errors_and_weights():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"pos_weight has shape \(3,\)"):
         ls.binary_cross_entropy_with_logits(x, t, pos_weight=torch.ones(3))
+    per_row = torch.tensor([[2.0], [0.5]], dtype=torch.float64)  # broadcasts like torch's
+    torch.testing.assert_close(
+        ls.binary_cross_entropy_with_logits(x, t, pos_weight=per_row, label_smoothing=0.2),
+        torch.nn.functional.binary_cross_entropy_with_logits(x, ts, pos_weight=per_row))
     with pytest.raises(ValueError, match=r"target has shape \(2,\)"):
         ls.binary_cross_entropy_with_logits(x, t[0])
     with pytest.raises(ValueError, match=r"label_smoothing=2\.0"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,7 @@ def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
 
 def check_unit_interval(name: str, value: object) -> float:
     """A float in [0, 1]; NaN, negatives, values above 1 and non-numbers raise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy scalars are Real
         raise TypeError(f"{name} must be a float in [0, 1], got {type(value).__name__} {value!r}")
     value = float(value)
     if math.isnan(value) or not 0.0 <= value <= 1.0:
@@ -46,7 +47,7 @@ def check_unit_interval(name: str, value: object) -> float:
 
 
 def check_nonnegative(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a non-negative float, got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < 0.0:
@@ -90,17 +91,30 @@ def check_weight(
         raise ValueError(
             f"{name} has shape {tuple(weight.shape)}; allowed: ({num_classes},), one entry per class"
         )
-    if weight.device != like.device:
-        raise ValueError(f"{name} is on {weight.device} but input is on {like.device}")
+    check_same_device(name, weight, like)
     return weight
+
+
+def check_int(name: str, value: object) -> int:
+    """A Python or numpy integer (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    return int(value)
+
+
+def check_same_device(name: str, tensor: torch.Tensor, like: torch.Tensor) -> None:
+    if tensor.device != like.device:
+        raise ValueError(f"{name} is on {tensor.device} but input is on {like.device}; "
+                         f"allowed: the input's device")
 
 
 def class_dim(dim: object, ndim: int) -> int:
     """Normalise the class dimension; ``ndim`` is the input's number of dimensions."""
-    if isinstance(dim, bool) or not isinstance(dim, int):
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an int, got {type(dim).__name__} {dim!r}")
     if ndim == 0:
         raise ValueError("input must have at least 1 dimension (the classes), got a 0-d tensor")
+    dim = int(dim)
     if ndim == 1 and dim == 1:  # torch: the default dim=1 means the only dim of an unbatched (C,)
         return 0
     if not -ndim <= dim < ndim:

@@ -21,7 +21,9 @@ from ._options import (
     LossOptions,
     check_choice,
     check_float_input,
+    check_int,
     check_nonnegative,
+    check_same_device,
     check_unit_interval,
     check_weight,
     class_dim,
@@ -55,6 +57,10 @@ def _flatten(input: torch.Tensor, target: torch.Tensor, dim: int, ignore_index: 
     num_classes = input.shape[d]
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    check_same_device("target", target, input)
+    if num_classes == 0:
+        raise ValueError(f"input has 0 classes along dim {d} (shape {tuple(input.shape)}); "
+                         f"allowed: at least 1 class")
     batch_shape = input.shape[:d] + input.shape[d + 1:]
     if target.is_floating_point():
         if target.shape != input.shape:
@@ -86,8 +92,7 @@ def _options(num_classes: int, *, ignore_index: int, reduction: str, label_smoot
     check_choice("convention", convention, CONVENTIONS)
     check_choice("weight_mode", weight_mode, WEIGHT_MODES)
     check_choice("reduction", reduction, REDUCTIONS)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    ignore_index = check_int("ignore_index", ignore_index)
     return LossOptions(
         smoothing=effective_smoothing(eps, convention, num_classes),
         ignore_index=ignore_index,
@@ -219,14 +224,17 @@ def smooth_targets(
 
     Class ids ``(...)`` give ``(..., K)`` with :math:`q_c = (1-\varepsilon)[c=y] + \varepsilon/K`
     (``uniform``) or :math:`(1-\varepsilon)[c=y] + \varepsilon/(K-1)[c\neq y]` (``non_target``).
-    Probabilities ``(..., K)`` give :math:`(1-\varepsilon)t + \varepsilon/K` (already-soft targets
-    such as mixup are smoothed once here; do not smooth them again in the loss).
+    Probabilities ``(..., K)`` give :math:`(1-\varepsilon)t + \varepsilon/K` (``non_target``:
+    :math:`(1-\varepsilon)t + \varepsilon(1-t)/(K-1)`); already-soft targets such as mixup are
+    smoothed once here: do not smooth them again in the loss.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes={num_classes!r} is not allowed; allowed: an int >= 1")
     eps = check_unit_interval("label_smoothing", label_smoothing)
     check_choice("convention", convention, CONVENTIONS)
     eps = effective_smoothing(eps, convention, num_classes)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype={dtype!r} is not allowed; allowed: a floating-point torch.dtype")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.is_floating_point():
@@ -257,7 +265,7 @@ def binary_cross_entropy_with_logits(
 
     .. math:: \ell = -w\,[\,p_w\, t' \log\sigma(x) + (1-t') \log(1-\sigma(x))\,]
 
-    with ``weight`` ``w`` broadcast over the input and ``pos_weight`` ``p_w`` over the last dimension.
+    with ``weight`` ``w`` and ``pos_weight`` ``p_w`` broadcast against the input (as torch).
     """
     check_float_input("input", input)
     eps = check_unit_interval("label_smoothing", label_smoothing)
@@ -267,12 +275,13 @@ def binary_cross_entropy_with_logits(
     if target.shape != input.shape:
         raise ValueError(f"target has shape {tuple(target.shape)}; allowed: the input's shape "
                          f"{tuple(input.shape)}")
-    for name, extra, shape in (("weight", weight, input.shape),
-                               ("pos_weight", pos_weight, input.shape[-1:])):
+    check_same_device("target", target, input)
+    for name, extra, shape in (("weight", weight, input.shape), ("pos_weight", pos_weight, input.shape)):
         if extra is None:
             continue
         if not isinstance(extra, torch.Tensor) or not extra.is_floating_point():
             raise TypeError(f"{name} must be a floating-point torch.Tensor or None")
+        check_same_device(name, extra, input)
         try:
             broadcast = torch.broadcast_shapes(extra.shape, shape) == shape
         except RuntimeError:

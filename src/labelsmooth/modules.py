@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from . import _dispatch
 from . import functional as F
-from ._options import CONVENTIONS, REDUCTIONS, WEIGHT_MODES, check_choice
+from ._options import CONVENTIONS, REDUCTIONS, WEIGHT_MODES, check_choice, check_int
 
 __all__ = ["LabelSmoothingCrossEntropy"]
 
@@ -40,6 +41,8 @@ class LabelSmoothingCrossEntropy(torch.nn.Module):
         F._options(2, ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, convention=convention,
                    weight_mode=weight_mode, z_loss=z_loss)
+        check_int("dim", dim)
+        _dispatch.check_backend_name(backend)
         self.register_buffer("weight", weight)
         self.ignore_index = ignore_index
         self.reduction = reduction

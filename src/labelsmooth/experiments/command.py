@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import time
@@ -235,8 +236,8 @@ def run(args: argparse.Namespace) -> int:
     epochs = _positive_int("--epochs", args.epochs if args.epochs is not None else preset["epochs"])
     if args.batch_size is not None:
         _positive_int("--batch-size", args.batch_size)
-    if not args.lr > 0:
-        raise ValueError(f"--lr {args.lr} is not allowed; allowed: a float > 0")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ValueError(f"--lr {args.lr} is not allowed; allowed: a finite float > 0")
     if args.model not in MODELS:
         raise ValueError(f"--model {args.model!r} is not known; allowed: {', '.join(MODELS)}")
     noise = check_noise(args.noise)
