@@ -154,10 +154,10 @@ def _chunk_loop(h: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | 
         if g_h is not None:
             torch.mm(g_low, classifier, out=g_h[rows])
         if g_w is not None:
-            if g_w.dtype == g.dtype:
-                g_w.addmm_(g.t(), h_c if h_c.dtype == g.dtype else h_c.to(g.dtype))
-            else:
+            if g_w.dtype == h.dtype:
                 g_w.addmm_(g_low.t(), h_c)
+            else:  # half precision on CPU: an fp32 matmul into the fp32 accumulator
+                g_w.addmm_(g.t() if g.dtype == g_w.dtype else g.to(g_w.dtype).t(), h_c.to(g_w.dtype))
         if g_b is not None:
             g_b += g.sum(0, dtype=acc)
         del z, g, g_low
