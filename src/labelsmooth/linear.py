@@ -168,13 +168,13 @@ def _chunk_loop(h: torch.Tensor, classifier: torch.Tensor, bias: torch.Tensor | 
             u_w = (classifier.sum(0, dtype=acc) if u is None
                    else torch.mv(classifier.t().to(acc) if classifier.dtype != acc
                                  else classifier.t(), u))
-            g_h.sub_(torch.outer(cr, u_w).to(g_h.dtype))
+            g_h.addr_(cr.to(g_h.dtype), u_w.to(g_h.dtype), alpha=-1)
         if g_w is not None:
             s_h = torch.mv(h.t(), cr.to(h.dtype)).to(acc) if h.dtype != acc else torch.mv(h.t(), cr)
             if u is None:
                 g_w.sub_(s_h.to(g_w.dtype).unsqueeze(0))
             else:
-                g_w.sub_(torch.outer(u, s_h).to(g_w.dtype))
+                g_w.addr_(u.to(g_w.dtype), s_h.to(g_w.dtype), alpha=-1)
         if g_b is not None:
             total = cr.sum()
             g_b.sub_(total if u is None else u * total)

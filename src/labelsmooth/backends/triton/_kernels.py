@@ -28,8 +28,8 @@ from ..._stats import RowCoefficients
 @triton.jit
 def _ce_rows_kernel(
     z_ptr, z_stride, g_ptr, g_stride, y_ptr, b_ptr, c_ptr, e_ptr, r_ptr, u_ptr,
-    lse_ptr, zy_ptr, sz_ptr,
-    K, u_sum, z_loss,
+    lse_ptr, zy_ptr, sz_ptr, params_ptr,
+    K,
     HAS_U: tl.constexpr, WRITE_GRAD: tl.constexpr, DENSE_SMOOTH: tl.constexpr,
     ACC_FP64: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -69,6 +69,8 @@ def _ce_rows_kernel(
         tl.store(sz_ptr + row, sz)
         if WRITE_GRAD:
             r = tl.load(r_ptr + row).to(acc_ty)
+            u_sum = tl.load(params_ptr).to(acc_ty)
+            z_loss = tl.load(params_ptr + 1).to(acc_ty)
             a = b + c * u_sum + 2.0 * z_loss * e * tl.where(e != 0, lse, 0.0)
             g_row = g_ptr + row * g_stride
             for start in range(0, K, BLOCK):
@@ -136,12 +138,14 @@ def row_stats(z: torch.Tensor, target: torch.Tensor, coef: RowCoefficients, r: t
         if r is None:
             raise ValueError("row_stats needs the per-row scale r when writing the gradient")
         r = r.to(acc).expand(n).contiguous()
+    # U and the z-loss weight go in as a tensor: a Python float argument would be rounded to fp32.
+    params = torch.tensor([float(coef.u_sum), float(z_loss)], dtype=acc).to(z.device)
     block = block or block_size(k, z.element_size())
     num_warps = 4 if block <= 2048 else (8 if block <= 8192 else 16)
     _ce_rows_kernel[(n,)](
         z, z.stride(0), z if grad is None else grad, 0 if grad is None else grad.stride(0),
         target.contiguous(), b, c, e, b if r is None else r, b if u is None else u,
-        lse, zy, sz, k, float(coef.u_sum), float(z_loss),
+        lse, zy, sz, params, k,
         HAS_U=u is not None, WRITE_GRAD=grad is not None, DENSE_SMOOTH=dense_smooth,
         ACC_FP64=acc == torch.float64, BLOCK=block, num_warps=num_warps,
     )
