@@ -52,9 +52,10 @@ def _ce_cases() -> dict[str, dict]:
 
 def _linear_cases() -> dict[str, dict]:
     cases: dict[str, dict] = {}
-    for dtype, reduction, weight, bias in itertools.product(
-            ("float32", "bfloat16"), ("mean", "sum", "none"), (None, "class", "sample"),
-            (True, False)):
+    grid = [*itertools.product(("float32",), ("mean", "sum", "none"), (None, "class", "sample"),
+                               (True, False)),
+            *itertools.product(("bfloat16",), ("mean", "none"), (None, "class", "sample"), (True,))]
+    for dtype, reduction, weight, bias in grid:
         name = f"lin-{dtype}-{reduction}-{weight}-{'bias' if bias else 'nobias'}"
         cases[name] = dict(dtype=dtype, reduction=reduction, weight=weight, bias=bias,
                            convention="non_target" if weight == "sample" else "uniform",

@@ -304,3 +304,21 @@ def test_gpu_triton_linear_matches_oracle(dtype, reduction, weight_mode):
     _check(loss.cpu(), ref.detach(), dtype)
     for g, r in zip(got, want, strict=True):
         _check(g.cpu(), r, dtype)
+
+
+def test_no_grad_forward_computes_no_gradients(monkeypatch):
+    seen = []
+    real = lin._chunk_loop
+
+    def spy(*args, **kwargs):
+        seen.append(args[5] is None)  # r: no row scale means no gradient is written
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lin, "_chunk_loop", spy)
+    leaves, target, _ = _make(torch.float64)
+    with torch.no_grad():
+        loss = linear_cross_entropy(leaves[0], leaves[1], target, leaves[2], label_smoothing=0.1)
+    ref = oracle_linear(*[t.detach() for t in leaves[:2]], target, leaves[2].detach(), eps=0.1)
+    assert seen == [True] and abs(float(loss) - float(ref)) < 1e-12
+    linear_cross_entropy(leaves[0], leaves[1], target, leaves[2], label_smoothing=0.1)
+    assert seen == [True, False]

@@ -189,7 +189,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden: torch.Tensor, classifier: torch.Tensor,  # type: ignore[override]
                 bias: torch.Tensor | None, target: torch.Tensor, weight: torch.Tensor | None,
                 opts, chunk_size: int | None, memory_budget: int | None, step: Step,
-                fp32_copy: bool) -> torch.Tensor:
+                fp32_copy: bool, grad_enabled: bool) -> torch.Tensor:
         n = hidden.shape[0]
         num_classes = classifier.shape[0]
         acc = _acc_dtype(hidden.dtype)
@@ -201,8 +201,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         coef_k = coef if index is None else _slice(coef, index)
         chunk = chunk_rows(h.shape[0], num_classes, hidden.dtype, hidden.device, chunk_size,
                            memory_budget, fp32_copy)
-        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-                bias is not None and ctx.needs_input_grad[2])
+        # needs_input_grad follows requires_grad even under torch.no_grad(): ask the caller's mode.
+        need = (grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1],
+                grad_enabled and bias is not None and ctx.needs_input_grad[2])
         recompute = opts.reduction == "none"
         r = None
         if any(need) and not recompute:
@@ -251,7 +252,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g_w = g_w.to(w_dtype)
         if g_b is not None:
             g_b = g_b.to(b_dtype)
-        return g_h, g_w, g_b, None, None, None, None, None, None, None
+        return g_h, g_w, g_b, None, None, None, None, None, None, None, None
 
 
 def _check_tensors(hidden: object, classifier: object, bias: object, target: object
@@ -388,7 +389,8 @@ def linear_cross_entropy(
                              validate=False)
     flat_hidden = hidden.reshape(-1, hidden_size)
     loss = _LinearCrossEntropy.apply(flat_hidden, classifier, bias, flat_target, weight, opts,
-                                     chunk_size, memory_budget, step, name == "cpu")
+                                     chunk_size, memory_budget, step, name == "cpu",
+                                     torch.is_grad_enabled())
     if opts.reduction == "none":
         loss = loss.reshape(target.shape)
     return loss.to(output_dtype(hidden.dtype))

@@ -49,13 +49,13 @@ def unsupported(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
 class _TritonCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor,  # type: ignore[override]
-                weight: torch.Tensor | None, opts: LossOptions) -> torch.Tensor:
+                weight: torch.Tensor | None, opts: LossOptions, grad_enabled: bool) -> torch.Tensor:
         from . import _kernels
 
         acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
         n, k = logits.shape
         coef = row_coefficients(target, weight, opts, k, acc)
-        want_grad = ctx.needs_input_grad[0]
+        want_grad = grad_enabled and ctx.needs_input_grad[0]  # (needs_input_grad ignores no_grad)
         grad = None
         r = None
         if want_grad:
@@ -77,10 +77,10 @@ class _TritonCrossEntropy(torch.autograd.Function):
         scale = grad_output.unsqueeze(1) if ctx.reduction == "none" else grad_output
         scale = scale.to(grad.dtype)
         grad = grad.mul_(scale) if ctx.inplace else grad * scale
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                   opts: LossOptions) -> torch.Tensor:
     """Loss of ``(N, K)`` logits and ``(N,)`` class ids (see :mod:`labelsmooth._dispatch`)."""
-    return _TritonCrossEntropy.apply(logits, target, weight, opts)
+    return _TritonCrossEntropy.apply(logits, target, weight, opts, torch.is_grad_enabled())
