@@ -322,3 +322,13 @@ def test_no_grad_forward_computes_no_gradients(monkeypatch):
     assert seen == [True] and abs(float(loss) - float(ref)) < 1e-12
     linear_cross_entropy(leaves[0], leaves[1], target, leaves[2], label_smoothing=0.1)
     assert seen == [True, False]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_gpu_suite_without_cuda_is_a_clear_error():
+    import argparse
+
+    from labelsmooth.bench_linear import run_linear
+
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        run_linear(argparse.Namespace(gpu_suite=True))

@@ -188,14 +188,14 @@ def gpu_suite(file: Any = None, n: int = 8192, v: int = 131072, h: int = 4096) -
     """
     import importlib.util
 
+    if not torch.cuda.is_available():
+        raise ValueError("--gpu-suite needs a CUDA device (none is available here)")
     import triton.testing
 
     from .functional import cross_entropy
     from .linear import linear_cross_entropy
 
     file = file or sys.stdout
-    if not torch.cuda.is_available():
-        raise ValueError("--gpu-suite needs a CUDA device")
     dev = "cuda"
     eps = 0.1
     rows: list[dict[str, Any]] = []
