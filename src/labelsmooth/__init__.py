@@ -11,6 +11,7 @@ from typing import Any
 
 from ._dispatch import use_backend
 from .functional import binary_cross_entropy_with_logits, cross_entropy, smooth_targets
+from .linear import linear_cross_entropy
 from .modules import LabelSmoothingCrossEntropy
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __all__ = [
     "compat",
     "cross_entropy",
     "distributed",
+    "linear_cross_entropy",
     "smooth_targets",
     "use_backend",
     "variants",
