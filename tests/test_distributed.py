@@ -304,3 +304,39 @@ def test_uninitialised_process_group_is_a_clear_error(groups):
     with pytest.raises(RuntimeError, match="init_process_group"):
         lsd.vocab_parallel_linear_cross_entropy(torch.zeros(2, 4), torch.zeros(3, 4),
                                                 torch.zeros(2, dtype=torch.long))
+
+
+GROUP_SCRIPT = r"""
+import os, sys, torch, torch.distributed as dist
+import labelsmooth as ls
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[1]}", rank=0, world_size=1)
+g = torch.Generator().manual_seed(0)
+h = torch.randn(6, 4, dtype=torch.float64, generator=g)
+w = torch.randn(7, 4, dtype=torch.float64, generator=g)
+b = torch.randn(7, dtype=torch.float64, generator=g)
+t = torch.tensor([0, 6, -100, 3, 2, 1])
+out = []
+for group in (None, dist.group.WORLD):
+    leaves = [x.clone().requires_grad_() for x in (h, w, b)]
+    loss = ls.linear_cross_entropy(*leaves[:2], t, leaves[2], label_smoothing=0.2,
+                                   convention="non_target", group=group)
+    loss.backward()
+    out.append([loss.detach(), *[x.grad for x in leaves]])
+for a, c in zip(*out):
+    torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-12)
+print("same", float(out[1][0]))
+dist.destroy_process_group()
+"""
+
+
+def test_linear_cross_entropy_group_keyword_routes_to_vocab_parallel():
+    """``linear_cross_entropy(group=...)`` is the vocab-parallel linear loss (world size 1 here:
+    the whole classifier on one rank gives the single-process values)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", GROUP_SCRIPT, str(port)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("same ")

@@ -332,3 +332,13 @@ def test_gpu_suite_without_cuda_is_a_clear_error():
 
     with pytest.raises(ValueError, match="needs a CUDA device"):
         run_linear(argparse.Namespace(gpu_suite=True))
+
+
+def test_bench_op_linear_is_wired_into_the_cli(capsys):
+    from labelsmooth.cli import main
+
+    assert main(["bench", "--op", "linear", "--shape", "64x128", "--hidden", "16", "--repeats", "1",
+                 "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "N=64 H=16 V=128" in out and "labelsmooth" in out
+    assert main(["bench", "--op", "linear", "--dtype", "fp64", "--no-memory"]) == 2

@@ -82,14 +82,8 @@ def resolve(backend: str, logits: torch.Tensor, target: torch.Tensor,
     name = requested(backend)
     if name == "auto":
         name = _auto(logits.device)
-    if name not in BACKENDS or (name == "cpu" and not _has_module(name)):
-        name = "reference"
     module = load(name)
     unsupported = getattr(module, "unsupported", None)
     if unsupported is not None and unsupported(logits, target, weight, opts) is not None:
         return load("reference")
     return module
-
-
-def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(BACKENDS[name]) is not None

@@ -340,7 +340,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", action="append", metavar="NAME",
                         help=f"provider (repeatable); default all of: {', '.join(PROVIDERS)} "
                              f"(--quick leaves out torch.compile)")
-    parser.add_argument("--op", default="ce", help=f"operation; one of: {', '.join(OPS)}")
+    parser.add_argument("--op", default="ce",
+                        help=f"operation; one of: {', '.join((*OPS, 'linear'))} (linear: the fused "
+                             f"linear + cross-entropy against F.linear + F.cross_entropy)")
+    parser.add_argument("--hidden", type=int, default=1024, help="--op linear: hidden size H")
+    parser.add_argument("--chunk-size", type=int, default=None, help="--op linear: tokens per chunk")
+    parser.add_argument("--gpu-suite", action="store_true",
+                        help="the whole GPU comparison (CUDA): torch eager, torch.compile, triton, "
+                             "Liger-Kernel if installed, fraction of the bandwidth floor")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--quick", action="store_true",
                         help=f"small shapes ({', '.join(QUICK_SHAPES)}), 2 rounds: seconds")
@@ -373,7 +380,24 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _run_linear(args: argparse.Namespace) -> int:
+    """``--op linear`` and ``--gpu-suite`` run the harness of :mod:`labelsmooth.bench_linear`."""
+    from . import bench_linear
+
+    n, v = parse_shape((args.shape or ["8192x32768"])[0])
+    names = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    dtype = names.get((args.dtype or ["fp32"])[0])
+    if dtype is None:
+        raise ValueError(f"--op linear --dtype={args.dtype[0]!r} is not allowed; allowed: {', '.join(names)}")
+    return bench_linear.run_linear(argparse.Namespace(
+        n=n, vocab=v, hidden=args.hidden, dtype=dtype, label_smoothing=SMOOTHING,
+        chunk_size=args.chunk_size, memory_budget=None, repeats=args.repeats,
+        no_memory=args.no_memory, gpu_suite=args.gpu_suite))
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.gpu_suite or args.op == "linear":
+        return _run_linear(args)
     if args.memory_child:
         payload = json.loads(args.memory_child)
         print(json.dumps(memory_child(payload["provider"], [Case(**c) for c in payload["cases"]])))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -336,6 +337,7 @@ def linear_cross_entropy(
     memory_budget: int | None = None,
     backend: str = "auto",
     validate: bool | None = None,
+    group: Any = None,
 ) -> torch.Tensor:
     r"""``cross_entropy(F.linear(hidden, classifier, bias), target, ...)`` without the logits.
 
@@ -359,6 +361,10 @@ def linear_cross_entropy(
             step, any device), ``"triton"`` (chunked, Triton step) or ``"reference"`` (materialises the
             logits: the executable specification).
         validate: check class ids against ``[0, V)``; default on CPU only.
+        group: a ``torch.distributed`` process group over which ``classifier`` (and ``bias``,
+            ``weight``) are sharded by rows (classes), in rank order: the call is then
+            :func:`labelsmooth.distributed.vocab_parallel_linear_cross_entropy` (global class ids,
+            smoothing over the global vocabulary, the hidden gradient all-reduced across ranks).
 
     Logits are computed in the input dtype (the matmul accumulates in fp32) and reduced in fp32.
     ``reduction="none"`` recomputes the chunk loop in backward (its per-row ``grad_output`` cannot
@@ -368,6 +374,13 @@ def linear_cross_entropy(
     Returns:
         The loss; float32 for half-precision inputs.
     """
+    if group is not None:
+        from .distributed import vocab_parallel_linear_cross_entropy
+
+        return vocab_parallel_linear_cross_entropy(
+            hidden, classifier, target, bias, weight=weight, group=group, ignore_index=ignore_index,
+            reduction=reduction, label_smoothing=label_smoothing, convention=convention,
+            weight_mode=weight_mode, z_loss=z_loss, chunk_size=chunk_size, validate=validate)
     num_classes, hidden_size = _check_tensors(hidden, classifier, bias, target)
     opts = _options(num_classes, ignore_index=ignore_index, reduction=reduction,
                     label_smoothing=label_smoothing, convention=convention,
