@@ -165,8 +165,8 @@ def write_all(runs: list[RunArtifacts], class_names: list[str], out_dir: str,
               pool: Any = None) -> list[str]:
     """Write reliability.png, penultimate.png and confidence.png; return their file names.
 
-    With a ``multiprocessing`` ``pool``, reliability.png and penultimate.png are drawn there while this
-    process draws confidence.png; the files are the same as when drawn here one after another.
+    With a ``multiprocessing`` ``pool`` (whose worker ran :func:`prepare` while this process trained),
+    the figures are drawn there, so this process never imports matplotlib; the files are the same.
     """
     classes = [0, 1, 2] if len(class_names) >= 3 else []
     jobs: list[tuple[Any, tuple[Any, ...]]] = [
@@ -178,9 +178,6 @@ def write_all(runs: list[RunArtifacts], class_names: list[str], out_dir: str,
         for fn, fn_args in jobs:
             fn(*fn_args)
     else:
-        pending = [pool.apply_async(fn, fn_args) for fn, fn_args in jobs[:-1]]
-        fn, fn_args = jobs[-1]
-        fn(*fn_args)
-        for job in pending:
+        for job in [pool.apply_async(fn, fn_args) for fn, fn_args in jobs]:
             job.get()
     return ["reliability.png", "penultimate.png", "confidence.png"]

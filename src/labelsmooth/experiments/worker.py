@@ -4,9 +4,10 @@
 loading and splitting), ``torch._dynamo`` (imported by the first ``torch.optim`` optimizer), matplotlib
 and the figures. :func:`helper` forks one worker process (``multiprocessing`` with the ``fork`` start
 method, so it inherits the already-imported torch) that loads the data while the main process imports
-``torch._dynamo``, imports matplotlib while the main process trains, and draws two of the three figures
-while the main process draws the third. Results and exceptions come back through the pool, so an error in
-the worker is raised in the main process as before.
+``torch._dynamo``, imports matplotlib while the main process trains, and then draws the figures (so
+matplotlib is imported once, in the worker: on a machine shared with another job the second core may
+be busy, and duplicated work would then cost wall time). Results and exceptions come back through the
+pool, so an error in the worker is raised in the main process as before.
 
 Where ``fork`` is not a safe start method (anything but Linux) :func:`helper` yields ``None`` and
 ``compare`` does the same work serially; the outputs are the same either way.
