@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from . import worker
+
 DEFAULT_LOSSES = "ce,ls"
 QUICK = {"seeds": 2, "epochs": 12}
 FULL = {"seeds": 5, "epochs": 60}
@@ -177,6 +179,15 @@ def _resolve_data(args: argparse.Namespace) -> Any:
     return data_mod.load_builtin(args.dataset or "digits")
 
 
+def _load_data(data: str | None, dataset: str | None, target: str | None, seeds: int
+               ) -> tuple[Any, list[Any]]:
+    """The checked data set and its split for every seed (picklable: it may run in the worker)."""
+    from .data import split
+
+    loaded = _resolve_data(argparse.Namespace(data=data, dataset=dataset, target=target))
+    return loaded, [split(loaded, seed) for seed in range(seeds)]
+
+
 def _variant_params(args: argparse.Namespace, losses: list[str]) -> dict[str, dict[str, float]]:
     """``{variant: {param: value}}`` from ``--online-alpha`` etc., each checked by the variants
     module (a ValueError becomes one line naming the option); an option for a variant that is not in
@@ -220,10 +231,8 @@ def _effective_params(losses: list[str], params: dict[str, dict[str, float]]
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from . import distill
-    from .losses import SMOOTHING_FREE, make_loss, run_name
+    from .losses import run_name
     from .models import MODELS
     from .noise import check_noise
 
@@ -261,7 +270,26 @@ def run(args: argparse.Namespace) -> int:
     device = _check_device(args.device)
     threads = args.threads if args.threads is not None else 1
     threads = _positive_int("--threads", threads)
-    dataset = _resolve_data(args)
+    with worker.helper(threads) as pool:
+        return _run_checked(args, losses, smoothing, seeds, epochs, device, threads, params,
+                            distill_cfg, noise, wall_start, pool)
+
+
+def _run_checked(args: argparse.Namespace, losses: list[str], smoothing: list[float], seeds: int,
+                 epochs: int, device: str, threads: int, params: dict[str, dict[str, float]],
+                 distill_cfg: dict[str, Any] | None, noise: float, wall_start: float, pool: Any) -> int:
+    """The rest of :func:`run`: load the data (in the worker ``pool`` if there is one, while this process
+    imports the optimizer machinery), check the plan and ``--out``, run the experiment."""
+    import torch
+
+    from .losses import SMOOTHING_FREE, make_loss, run_name
+
+    if pool is None:
+        dataset, splits = _load_data(args.data, args.dataset, args.target, seeds)
+    else:
+        job = pool.apply_async(_load_data, (args.data, args.dataset, args.target, seeds))
+        worker.import_optimizer_machinery()
+        dataset, splits = job.get()
     plan: list[tuple[str, str, float | None]] = []  # (run name, loss name, smoothing or None)
     for name in losses:
         for eps in ([None] if name in SMOOTHING_FREE else smoothing):
@@ -275,8 +303,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(threads)
     options = {"noise": noise, "params": params, "distill": distill_cfg}
     try:
-        _experiment(args, dataset, plan, seeds, epochs, device, threads, tmp, wall_start, final,
-                    options)
+        _experiment(args, dataset, splits, plan, epochs, device, threads, tmp, wall_start, final,
+                    options, pool)
         if os.path.isdir(final):
             os.rmdir(final)  # checked empty above
         os.rename(tmp, final)
@@ -339,13 +367,12 @@ def _fit(model_name: str, loss_fn: Any, data: Any, y_train: Any, num_classes: in
     return row, model, test, t
 
 
-def _experiment(args: argparse.Namespace, dataset: Any, plan: list[tuple[str, str, float | None]],
-                seeds: int, epochs: int, device: str, threads: int, tmp: str,
-                wall_start: float, final: str, options: dict[str, Any]) -> None:
+def _experiment(args: argparse.Namespace, dataset: Any, splits: list[Any],
+                plan: list[tuple[str, str, float | None]], epochs: int, device: str, threads: int,
+                tmp: str, wall_start: float, final: str, options: dict[str, Any], pool: Any) -> None:
     import torch
 
     from . import distill, figures, report
-    from .data import split
     from .losses import make_loss
     from .noise import flip_labels
     from .train import TrainConfig, penultimate, predict
@@ -354,7 +381,9 @@ def _experiment(args: argparse.Namespace, dataset: Any, plan: list[tuple[str, st
     params: dict[str, dict[str, float]] = options["params"]
     distill_cfg: dict[str, Any] | None = options["distill"]
     k = dataset.num_classes
-    splits = [split(dataset, seed) for seed in range(seeds)]
+    seeds = len(splits)
+    if pool is not None:
+        pool.apply_async(figures.prepare)  # import matplotlib in the worker while this process trains
     # the labels trained on: flipped once per seed, so every loss of a seed sees the same noise
     train_labels = [flip_labels(s.y_train, noise, k, seed)[0] if noise else s.y_train
                     for seed, s in enumerate(splits)]
@@ -443,7 +472,7 @@ def _experiment(args: argparse.Namespace, dataset: Any, plan: list[tuple[str, st
             f"{seeds} seed(s).", "",
             distill.markdown_table(students, teachers), "",
             verdict]))
-    figures.write_all(artifacts, dataset.class_names, tmp)
+    figures.write_all(artifacts, dataset.class_names, tmp, pool)
     wall = time.perf_counter() - wall_start
     with open(os.path.join(tmp, "results.json"), "w", encoding="utf-8") as fh:
         fh.write(report.results_json(results, settings, sentences, wall, extra_json))

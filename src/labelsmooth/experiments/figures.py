@@ -156,11 +156,28 @@ def _penultimate_line(fig: Any, axes: Any, runs: list[RunArtifacts], class_names
     plt.close(fig)
 
 
-def write_all(runs: list[RunArtifacts], class_names: list[str], out_dir: str) -> list[str]:
-    """Write reliability.png, penultimate.png and confidence.png; return their file names."""
-    reliability(runs, os.path.join(out_dir, "reliability.png"))
-    confidence(runs, os.path.join(out_dir, "confidence.png"))
-    shown = runs[:3]
-    penultimate(shown, [0, 1, 2] if len(class_names) >= 3 else [], class_names,
-                os.path.join(out_dir, "penultimate.png"))
+def prepare() -> None:
+    """Import matplotlib (about a second): a worker process calls this ahead of :func:`write_all`."""
+    _plt()
+
+
+def write_all(runs: list[RunArtifacts], class_names: list[str], out_dir: str,
+              pool: Any = None) -> list[str]:
+    """Write reliability.png, penultimate.png and confidence.png; return their file names.
+
+    With a ``multiprocessing`` ``pool`` (whose worker ran :func:`prepare` while this process trained),
+    the figures are drawn there, so this process never imports matplotlib; the files are the same.
+    """
+    classes = [0, 1, 2] if len(class_names) >= 3 else []
+    jobs: list[tuple[Any, tuple[Any, ...]]] = [
+        (reliability, (runs, os.path.join(out_dir, "reliability.png"))),
+        (penultimate, (runs[:3], classes, class_names, os.path.join(out_dir, "penultimate.png"))),
+        (confidence, (runs, os.path.join(out_dir, "confidence.png"))),
+    ]
+    if pool is None:
+        for fn, fn_args in jobs:
+            fn(*fn_args)
+    else:
+        for job in [pool.apply_async(fn, fn_args) for fn, fn_args in jobs]:
+            job.get()
     return ["reliability.png", "penultimate.png", "confidence.png"]
