@@ -256,7 +256,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return g_h, g_w, g_b, None, None, None, None, None, None, None, None
 
 
-def _check_tensors(hidden: object, classifier: object, bias: object, target: object
+def _check_tensors(hidden: torch.Tensor, classifier: torch.Tensor, bias: object, target: object
                    ) -> tuple[int, int]:
     for name, value in (("hidden", hidden), ("classifier", classifier)):
         if not isinstance(value, torch.Tensor):
@@ -264,7 +264,6 @@ def _check_tensors(hidden: object, classifier: object, bias: object, target: obj
         if not value.is_floating_point():
             raise TypeError(f"{name} has dtype {value.dtype}; allowed: float16, bfloat16, float32, "
                             "float64")
-    assert isinstance(hidden, torch.Tensor) and isinstance(classifier, torch.Tensor)  # for mypy
     if hidden.dim() < 1:
         raise ValueError("hidden must have at least 1 dimension (..., H), got a 0-d tensor")
     if classifier.dim() != 2 or classifier.shape[1] != hidden.shape[-1]:
