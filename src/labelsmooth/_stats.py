@@ -112,6 +112,14 @@ def reduction_scale(coef: RowCoefficients, reduction: str) -> torch.Tensor | flo
     return torch.where(denom == 0, torch.zeros_like(denom), 1.0 / torch.where(denom == 0, 1.0, denom))
 
 
+def reduce_rows(per_row: torch.Tensor, reduction: str, scale: torch.Tensor | float) -> torch.Tensor:
+    """Apply ``reduction`` to per-row losses with the :func:`reduction_scale` ``scale`` of the mean."""
+    if reduction == "none":
+        return per_row
+    total = per_row.sum()
+    return total * scale if reduction == "mean" else total
+
+
 def _times(factor: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """``factor * value`` with 0 where ``factor`` is 0 (so 0 * -inf is 0, not NaN)."""
     return torch.where(factor == 0, torch.zeros_like(value), factor * value)

@@ -458,13 +458,6 @@ def _local_grad(z: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, a: tor
     return grad
 
 
-def _reduce(per_row: torch.Tensor, scale: torch.Tensor | float, reduction: str) -> torch.Tensor:
-    if reduction == "none":
-        return per_row
-    total = per_row.sum()
-    return total * scale if reduction == "mean" else total
-
-
 class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor,
@@ -478,7 +471,7 @@ class _VocabParallelCE(torch.autograd.Function):
         scale_t = torch.as_tensor(scale, dtype=z.dtype, device=z.device)
         ctx.save_for_backward(logits, target, coef.u, lse, a, coef.b, coef.c, scale_t)
         ctx.plan = plan
-        return _reduce(per_row, scale, opts.reduction)
+        return _stats.reduce_rows(per_row, opts.reduction, scale)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
@@ -603,7 +596,7 @@ class _VocabParallelLinearCE(torch.autograd.Function):
         ctx.save_for_backward(hidden, classifier, bias, target, coef.u, lse, a, coef.b, coef.c,
                               scale_t)
         ctx.plan, ctx.chunk, ctx.reduce_hidden_grad = plan, chunk, reduce_hidden_grad
-        return _reduce(per_row, scale, opts.reduction)
+        return _stats.reduce_rows(per_row, opts.reduction, scale)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:

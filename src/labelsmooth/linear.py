@@ -36,10 +36,10 @@ from ._stats import (
     RowCoefficients,
     grad_row_scale,
     loss_from_stats,
+    reduce_rows,
     reduction_scale,
     row_coefficients,
 )
-from .backends.reference import reduce
 from .functional import _check_index_target, _options, output_dtype
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "chunk_rows", "linear_cross_entropy"]
@@ -225,7 +225,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ctx.save_for_backward(h, classifier, bias, y)
         else:
             ctx.grads = grads
-        return reduce(per_row, coef.e, opts.reduction)
+        return reduce_rows(per_row, opts.reduction, reduction_scale(coef, opts.reduction))
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]

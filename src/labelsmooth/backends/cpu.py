@@ -30,7 +30,14 @@ from __future__ import annotations
 import torch
 
 from .._options import LossOptions
-from .._stats import RowCoefficients, grad_row_scale, loss_from_stats, reduction_scale, row_coefficients
+from .._stats import (
+    RowCoefficients,
+    grad_row_scale,
+    loss_from_stats,
+    reduce_rows,
+    reduction_scale,
+    row_coefficients,
+)
 from . import _cpu_build
 
 #: Elements per chunk of the pure-torch path (its only temporaries are a few chunks).
@@ -138,13 +145,6 @@ def _torch_statistics(logits: torch.Tensor, target: torch.Tensor, coef: RowCoeff
     return lse, zy, sz
 
 
-def _reduce(per_row: torch.Tensor, reduction: str, scale: float) -> torch.Tensor:
-    if reduction == "none":
-        return per_row
-    total = per_row.sum()
-    return total if reduction == "sum" else total * scale
-
-
 class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, coef: RowCoefficients,
@@ -157,7 +157,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         # Kept only to recompute the gradient if backward runs again through a retained graph
         # (the logits are alive anyway; they are not copied).
         ctx.save_for_backward(None if opts.inplace_backward else logits, target)
-        return _reduce(loss_from_stats(lse, zy, sz, coef, opts.z_loss), opts.reduction, scale)
+        return reduce_rows(loss_from_stats(lse, zy, sz, coef, opts.z_loss), opts.reduction, scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -192,5 +192,5 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     if torch.is_grad_enabled() and logits.requires_grad:
         return _FusedCrossEntropy.apply(logits, target, coef, opts, scale)
     lse, zy, sz = fused_statistics(_row_view(logits), target, coef, opts, scale, None)
-    return _reduce(loss_from_stats(lse, zy, sz, coef, opts.z_loss), opts.reduction, scale)
+    return reduce_rows(loss_from_stats(lse, zy, sz, coef, opts.z_loss), opts.reduction, scale)
 

@@ -19,8 +19,7 @@ import importlib.util
 import torch
 
 from ..._options import LossOptions
-from ..._stats import loss_from_stats, reduction_scale, row_coefficients
-from ..reference import reduce
+from ..._stats import loss_from_stats, reduce_rows, reduction_scale, row_coefficients
 
 __all__ = ["cross_entropy", "unsupported"]
 
@@ -69,7 +68,7 @@ class _TritonCrossEntropy(torch.autograd.Function):
         ctx.inplace = bool(opts.inplace_backward)
         if want_grad:
             ctx.save_for_backward(grad)
-        return reduce(per_row, coef.e, opts.reduction)
+        return reduce_rows(per_row, opts.reduction, reduction_scale(coef, opts.reduction))
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
